@@ -1,0 +1,31 @@
+"""Which database to use: an explicit URL, ``$EQFLOW_DB_URL``, or the embedded cluster."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from eqflow.errors import ConfigError
+
+ENV_URL = "EQFLOW_DB_URL"
+
+
+def resolve_url(url: str | None = None, *, home: Path | str | None = None, migrate: bool = True) -> str:
+    """The database URL to connect to, starting the embedded cluster when none is configured.
+
+    ``url`` may be ``None``/``"embedded"`` (use ``$EQFLOW_DB_URL`` if set, else the embedded
+    cluster) or a ``postgresql://`` URL. With ``migrate`` the schema is brought up to date.
+    """
+    chosen = url if url not in (None, "", "embedded") else os.environ.get(ENV_URL)
+    if chosen:
+        if not chosen.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(f"database URL must start with postgresql://, got {chosen.split(':')[0]!r}")
+    else:
+        from eqflow.db.embedded import EmbeddedPostgres
+
+        chosen = EmbeddedPostgres(home).ensure_running()
+    if migrate:
+        from eqflow.db.migrate import upgrade
+
+        upgrade(chosen)
+    return chosen

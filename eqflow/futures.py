@@ -1,0 +1,183 @@
+"""Durable handles on tasks, and gathering them as they complete.
+
+A Future is a task id plus what is already known about it: an ME process that restarts
+re-attaches by asking the queue for its experiment's futures. ``as_completed`` costs one
+query per wake-up for the whole set, and is woken by completion notifications.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from eqflow import validate
+from eqflow.errors import InvalidInput, TaskCanceled, TaskFailed
+from eqflow.models import FINAL_STATES, TaskStatus
+from eqflow.notify import done_ids
+
+if TYPE_CHECKING:
+    from eqflow.queue import LocalTaskQueue
+
+
+class Future:
+    """The eventual result of one task."""
+
+    __slots__ = ("queue", "task_id", "exp_id", "task_type", "tag", "_status", "_result", "_error", "_pool")
+
+    def __init__(self, queue: LocalTaskQueue, task_id: int, exp_id: str, task_type: int,
+                 tag: str | None = None, status: TaskStatus = TaskStatus.QUEUED) -> None:
+        self.queue = queue
+        self.task_id = task_id
+        self.exp_id = exp_id
+        self.task_type = task_type
+        self.tag = tag
+        self._status = status
+        self._result: str | None = None
+        self._error: str | None = None
+        self._pool: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<Future task_id={self.task_id} type={self.task_type} status={self._status.value}>"
+
+    # Completion state is cached once final: a finished task never changes again.
+    def _settle(self, status: TaskStatus, result: str | None, error: str | None, pool: str | None) -> None:
+        self._status, self._result, self._error, self._pool = status, result, error, pool
+
+    @property
+    def _final(self) -> bool:
+        return self._status in FINAL_STATES
+
+    def _refresh(self) -> None:
+        if not self._final:
+            info = self.queue.info([self.task_id])[self.task_id]
+            self._settle(info.status, info.result, info.error, info.pool)
+
+    @property
+    def status(self) -> TaskStatus:
+        self._refresh()
+        return self._status
+
+    def done(self) -> bool:
+        return self.status in FINAL_STATES
+
+    def result(self, timeout: float | None = None) -> str:
+        """The task's result; waits up to ``timeout`` seconds (None: forever).
+
+        Raises TimeoutError, TaskFailed or TaskCanceled.
+        """
+        if not self._final:
+            for _ in as_completed([self], timeout=timeout):
+                pass
+        if self._status is TaskStatus.FAILED:
+            raise TaskFailed(self.task_id, self._error)
+        if self._status is TaskStatus.CANCELED:
+            raise TaskCanceled(self.task_id)
+        return self._result  # type: ignore[return-value]
+
+    def exception(self) -> str | None:
+        """The error text of a failed task, or None."""
+        self._refresh()
+        return self._error
+
+    @property
+    def priority(self) -> int:
+        return self.queue.info([self.task_id])[self.task_id].priority
+
+    @priority.setter
+    def priority(self, value: int) -> None:
+        self.queue.set_priorities([self.task_id], value)
+
+    @property
+    def worker_pool(self) -> str | None:
+        if self._final:
+            return self._pool
+        return self.queue.info([self.task_id])[self.task_id].pool
+
+    def cancel(self) -> bool:
+        """Cancel if still queued. True if the task is canceled now."""
+        if self._status is TaskStatus.CANCELED:
+            return True
+        if self.task_id in self.queue.cancel([self.task_id]):
+            self._settle(TaskStatus.CANCELED, None, None, self._pool)
+            return True
+        return False
+
+
+def as_completed(futures: Sequence[Future], timeout: float | None = None, n: int | None = None,
+                 pop: bool = False, batch_size: int = 1) -> Iterator[Future]:
+    """Yield futures as their tasks finish (complete, failed or canceled).
+
+    timeout: raise TimeoutError if the next batch is not ready within this many seconds of
+        the call. n: stop after this many. pop: remove yielded futures from ``futures``
+        (which must then be a list). batch_size: yield in groups of this size (the last group
+        may be smaller).
+    """
+    timeout = validate.timeout(timeout)
+    batch_size = validate.count(batch_size, "batch_size", 1, 1_000_000)
+    if n is not None:
+        n = validate.count(n, "n", 1, 10**9)
+    if pop and not isinstance(futures, list):
+        raise InvalidInput("pop=True needs futures to be a list")
+    queues = {id(f.queue): f.queue for f in futures}
+    if len(queues) > 1:
+        raise InvalidInput("as_completed: all futures must come from the same task queue")
+    target = len(futures) if n is None else min(n, len(futures))
+    if target == 0 or not futures:
+        return
+    queue = next(iter(queues.values()))
+    yield from _gather(queue, futures, target, timeout, pop, batch_size)
+
+
+def _gather(queue: LocalTaskQueue, futures: Sequence[Future], target: int, timeout: float | None,
+            pop: bool, batch_size: int) -> Iterator[Future]:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ready = [f for f in futures if f._final]
+    pending = {f.task_id: f for f in futures if not f._final}
+    yielded = 0
+    inbox = queue._listener.subscribe("eqflow_done", {f.exp_id for f in pending.values()}) if pending else None
+    try:
+        candidates: set[int] | None = None  # None: check the whole pending set
+        while True:
+            if pending and (candidates is None or candidates):
+                check = list(pending) if candidates is None else [t for t in candidates if t in pending]
+                for task_id, status, result, error, pool in queue._finished_among(check):
+                    fut = pending.pop(task_id)
+                    fut._settle(TaskStatus(status), result, error, pool)
+                    ready.append(fut)
+            # Yield whole batches; the final partial batch once nothing more can come.
+            while ready and (len(ready) >= batch_size or not pending or yielded + len(ready) >= target):
+                take = min(batch_size, len(ready), target - yielded)
+                batch, ready = ready[:take], ready[take:]
+                for fut in batch:
+                    if pop:
+                        futures.remove(fut)  # type: ignore[attr-defined]
+                    yielded += 1
+                    yield fut
+                if yielded >= target:
+                    return
+            if not pending and not ready:
+                return
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"as_completed: {target - yielded} of {target} futures not done "
+                                   f"after {timeout}s")
+            wait = queue.safety_poll_s if remaining is None else min(remaining, queue.safety_poll_s)
+            assert inbox is not None
+            payloads, resync, woken = inbox.wait(wait)
+            if resync or not woken:
+                candidates = None  # safety poll or reconnect: one full check
+                if not woken:
+                    queue.rescue_expired_if_due()
+            else:
+                candidates = done_ids(payloads)
+    finally:
+        if inbox is not None:
+            inbox.close()
+
+
+def pop_completed(futures: list[Future], timeout: float | None = None) -> Future:
+    """Remove and return the first future of ``futures`` to finish."""
+    for fut in as_completed(futures, timeout=timeout, n=1, pop=True):
+        return fut
+    raise InvalidInput("pop_completed: no futures given")

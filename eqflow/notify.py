@@ -1,0 +1,177 @@
+"""Wake-ups without polling: one LISTEN connection per process feeds in-process inboxes.
+
+Channels (see sql/migrations/0001_init.sql):
+  eqflow_queued  payload "<task_type>"             new or requeued work
+  eqflow_done    payload "<exp_id>|<id>,<id>,..."  tasks that finished
+  eqflow_pool    payload "<pool_id>"               a pool was told to stop
+
+After a (re)connect every inbox is told to resync, since notifications sent while the
+listener was away are lost; waiters then do one full check.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import defaultdict
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("eqflow_queued", "eqflow_done", "eqflow_pool")
+
+
+class Inbox:
+    """Collects the notifications for a set of keys until its owner takes them."""
+
+    def __init__(self, listener: Listener, keys: frozenset[tuple[str, str]]) -> None:
+        self._listener = listener
+        self.keys = keys
+        self._cond = threading.Condition()
+        self._payloads: list[str] = []
+        self._signaled = False
+        self._resync = False
+
+    def _deliver(self, payload: str | None) -> None:
+        with self._cond:
+            if payload is None:
+                self._resync = True
+            else:
+                self._payloads.append(payload)
+            self._signaled = True
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._payloads.clear()
+            self._signaled = False
+            self._resync = False
+
+    def wait(self, timeout: float | None) -> tuple[list[str], bool, bool]:
+        """Wait for a notification. Returns (payloads, resync, woken); woken is False on timeout."""
+        with self._cond:
+            if not self._signaled:
+                self._cond.wait(timeout)
+            payloads, resync, woken = self._payloads, self._resync, self._signaled
+            self._payloads, self._resync, self._signaled = [], False, False
+        return payloads, resync, woken
+
+    def close(self) -> None:
+        self._listener.unsubscribe(self)
+
+    def __enter__(self) -> Inbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Listener:
+    """A background thread holding a LISTEN connection and routing notifications."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        self._inboxes: dict[tuple[str, str], set[Inbox]] = defaultdict(set)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+
+    def subscribe(self, channel: str, keys: list[str] | set[str] | frozenset[str]) -> Inbox:
+        inbox = Inbox(self, frozenset((channel, str(k)) for k in keys))
+        with self._lock:
+            for key in inbox.keys:
+                self._inboxes[key].add(inbox)
+            self._ensure_thread()
+        # A waiter must not miss what is sent between its first check and the LISTEN taking effect.
+        self._connected.wait(timeout=10.0)
+        return inbox
+
+    def unsubscribe(self, inbox: Inbox) -> None:
+        with self._lock:
+            for key in inbox.keys:
+                members = self._inboxes.get(key)
+                if members is not None:
+                    members.discard(inbox)
+                    if not members:
+                        del self._inboxes[key]
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="eqflow-listener", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True, application_name="eqflow-listener") as conn:
+                    for channel in CHANNELS:
+                        conn.execute(f"LISTEN {channel}")  # constant channel names
+                    self._connected.set()
+                    self._broadcast_resync()
+                    backoff = 0.05
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            self._route(note.channel, note.payload)
+            except psycopg.Error as exc:
+                self._connected.clear()
+                if self._stop.is_set():
+                    break
+                log.warning("listener connection lost; reconnecting", extra={"error": str(exc)})
+                self._broadcast_resync()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _route(self, channel: str, payload: str) -> None:
+        key = payload.split("|", 1)[0] if channel == "eqflow_done" else payload
+        with self._lock:
+            targets = list(self._inboxes.get((channel, key), ()))
+        for inbox in targets:
+            inbox._deliver(payload)
+
+    def _broadcast_resync(self) -> None:
+        with self._lock:
+            targets = {inbox for members in self._inboxes.values() for inbox in members}
+        for inbox in targets:
+            inbox._deliver(None)
+
+
+_listeners: dict[str, Listener] = {}
+_registry_lock = threading.Lock()
+
+
+def listener_for(url: str) -> Listener:
+    """The process's shared listener for ``url``."""
+    with _registry_lock:
+        listener = _listeners.get(url)
+        if listener is None:
+            listener = _listeners[url] = Listener(url)
+        return listener
+
+
+def _forget_after_fork() -> None:
+    global _registry_lock
+    _listeners.clear()  # threads do not survive fork; children start their own
+    _registry_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def done_ids(payloads: list[str]) -> set[int]:
+    """The task ids named by eqflow_done payloads."""
+    ids: set[int] = set()
+    for payload in payloads:
+        _, _, tail = payload.partition("|")
+        ids.update(int(t) for t in tail.split(",") if t)
+    return ids

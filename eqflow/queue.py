@@ -1,0 +1,341 @@
+"""LocalTaskQueue: the client API, straight to PostgreSQL with psycopg 3.
+
+Submit, claim, report, reprioritize, cancel, stop pools, re-attach: each is one statement,
+whatever the number of tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from eqflow import validate
+from eqflow.db.connector import Connector
+from eqflow.db.resolve import resolve_url
+from eqflow.errors import InvalidInput, UnknownTask
+from eqflow.futures import Future, as_completed, pop_completed
+from eqflow.models import ClaimedTask, PoolInfo, StopMode, TaskInfo, TaskStatus
+from eqflow.notify import Inbox, listener_for
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
+
+
+class LocalTaskQueue:
+    """A task queue on a PostgreSQL database.
+
+    url: ``postgresql://...``; None uses ``$EQFLOW_DB_URL`` or the embedded cluster.
+    lease_s: how long a claim is held without a heartbeat before the task is requeued.
+    safety_poll_s: the longest a waiter sleeps without a notification before checking anyway.
+    """
+
+    def __init__(self, url: str | None = None, *, pool_size: int = 4,
+                 max_payload_bytes: int = DEFAULT_MAX_PAYLOAD, lease_s: float = 60.0,
+                 safety_poll_s: float = 5.0, reconnect_timeout: float = 60.0,
+                 max_attempts: int = 3, migrate: bool = True) -> None:
+        self.url = resolve_url(url, migrate=migrate)
+        self.max_payload_bytes = validate.count(max_payload_bytes, "max_payload_bytes", 1, 2**30 - 1)
+        self.lease_s = float(lease_s)
+        self.safety_poll_s = float(safety_poll_s)
+        self.max_attempts = validate.count(max_attempts, "max_attempts", 1, 1000)
+        self.db = Connector(self.url, max_size=pool_size, reconnect_timeout=reconnect_timeout)
+        self._listener = listener_for(self.url)
+        self._work_inboxes: dict[tuple[int, ...], Inbox] = {}
+        self._known_experiments: set[str] = set()
+        self._last_rescue = 0.0
+        self._rescue_lock = threading.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def close(self) -> None:
+        for inbox in self._work_inboxes.values():
+            inbox.close()
+        self._work_inboxes.clear()
+        self.db.close()
+
+    def __enter__(self) -> LocalTaskQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- submit -------------------------------------------------------------------------------
+    def submit(self, exp_id: str, task_type: int, payload: str, priority: int = 0,
+               tag: str | None = None, max_attempts: int | None = None) -> Future:
+        """Queue one task; returns its Future."""
+        return self.submit_many(exp_id, task_type, [payload], priority, tag, max_attempts)[0]
+
+    def submit_many(self, exp_id: str, task_type: int, payloads: Sequence[str],
+                    priority: int | Sequence[int] = 0, tag: str | None | Sequence[str | None] = None,
+                    max_attempts: int | None = None) -> list[Future]:
+        """Queue many tasks in one statement (all or nothing); Futures in payload order.
+
+        priority and tag: one value for all, or a sequence with one per payload.
+        """
+        exp_id = validate.exp_id(exp_id)
+        task_type = validate.task_type(task_type)
+        payloads = validate.as_sequence(payloads, "payloads")
+        limit = self.max_payload_bytes
+        checked = [validate.text(p, "payload", limit) for p in payloads]
+        n = len(checked)
+        if n == 0:
+            return []
+        priorities = validate.per_item(priority, n, "priority", lambda v: validate.int32(v, "priority"))
+        tags = validate.per_item(tag, n, "tag", lambda v: validate.optional_text(v, "tag", validate.MAX_TAG))
+        attempts = validate.count(max_attempts if max_attempts is not None else self.max_attempts,
+                                  "max_attempts", 1, 1000)
+        self._ensure_experiment(exp_id)
+        rows = self.db.fetch_all("submit_tasks", {
+            "exp_id": exp_id, "task_type": task_type, "payloads": checked, "priorities": priorities,
+            "tags": tags, "max_attempts": attempts}, idempotent=False)
+        ids = sorted(r[0] for r in rows)  # identities are drawn in payload order
+        return [Future(self, tid, exp_id, task_type, t) for tid, t in zip(ids, tags)]
+
+    def _ensure_experiment(self, exp_id: str, config: dict[str, Any] | None = None) -> None:
+        if exp_id not in self._known_experiments:
+            self.db.execute("upsert_experiment", {"exp_id": exp_id, "config": json.dumps(config or {})})
+            self._known_experiments.add(exp_id)
+
+    def create_experiment(self, exp_id: str, config: dict[str, Any] | None = None) -> None:
+        """Record an experiment and its config (submit does this implicitly)."""
+        self._known_experiments.discard(validate.exp_id(exp_id))
+        self._ensure_experiment(exp_id, config)
+
+    # -- claim and report (the pool side) -------------------------------------------------------
+    def claim(self, task_types: int | Iterable[int], n: int = 1, pool: str = "default",
+              timeout: float | None = 0.0, lease_s: float | None = None) -> list[ClaimedTask]:
+        """Claim up to n queued tasks of the given type(s), highest priority first.
+
+        timeout: 0 returns at once; a number waits up to that long for work (woken by
+        notification); None waits until work arrives. Returns [] on timeout.
+        """
+        types = validate.task_types(task_types)
+        n = validate.count(n, "n")
+        pool = validate.text(pool, "pool", 200)
+        timeout = validate.timeout(timeout)
+        lease = self.lease_s if lease_s is None else float(lease_s)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        inbox = self._work_inbox(types) if timeout != 0 else None
+        while True:
+            if inbox is not None:
+                inbox.clear()
+            tasks = self._claim_now(types, n, pool, lease)
+            if tasks or inbox is None:
+                return tasks
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return []
+            wait = self.safety_poll_s if remaining is None else min(remaining, self.safety_poll_s)
+            _, _, woken = inbox.wait(wait)
+            if not woken:
+                self.rescue_expired_if_due()
+
+    def _work_inbox(self, types: tuple[int, ...]) -> Inbox:
+        inbox = self._work_inboxes.get(types)
+        if inbox is None:
+            inbox = self._work_inboxes[types] = self._listener.subscribe(
+                "eqflow_queued", {str(t) for t in types})
+        return inbox
+
+    def _claim_now(self, types: tuple[int, ...], n: int, pool: str, lease: float) -> list[ClaimedTask]:
+        if len(types) == 1:
+            rows = self.db.fetch_all("claim_one_type", {
+                "task_type": types[0], "n": n, "pool": pool, "lease_s": lease})
+        else:
+            rows = self.db.fetch_all("claim_many_types", {
+                "task_types": list(types), "n": n, "pool": pool, "lease_s": lease})
+        tasks = [ClaimedTask(tid, exp, typ, prio, payload, tag, attempt, claim_id, pool)
+                 for tid, exp, typ, prio, payload, tag, attempt, claim_id in rows]
+        tasks.sort(key=lambda t: (-t.priority, t.task_id))
+        return tasks
+
+    def report(self, results: Iterable[tuple[ClaimedTask, str]]) -> set[int]:
+        """Complete claimed tasks with their results, in one statement.
+
+        Returns the ids accepted. A report is accepted only from the current lease holder;
+        a task whose lease was lost (requeued, reclaimed, canceled) is left as it is.
+        Reporting twice is harmless.
+        """
+        pairs = list(results)
+        if not pairs:
+            return set()
+        ids, claims, texts = [], [], []
+        for task, result in pairs:
+            if not isinstance(task, ClaimedTask):
+                raise InvalidInput(f"report takes (ClaimedTask, result) pairs, got {type(task).__name__}")
+            ids.append(task.task_id)
+            claims.append(task.claim_id)
+            texts.append(validate.text(result, "result", self.max_payload_bytes))
+        rows = self.db.fetch_all("report_results", {"task_ids": ids, "claim_ids": claims, "results": texts})
+        accepted = {r[0] for r in rows}
+        if len(accepted) < len(set(ids)):
+            log.warning("reports rejected: lease no longer held",
+                        extra={"task_ids": sorted(set(ids) - accepted)[:20]})
+        return accepted
+
+    def report_failure(self, failures: Iterable[tuple[ClaimedTask, str]], retry: bool = True) -> dict[int, TaskStatus]:
+        """Report failed runs. With retry, a task goes back to the queue until its
+        max_attempts are spent, then fails for good with the error kept.
+
+        Returns the new status of each accepted task.
+        """
+        pairs = list(failures)
+        if not pairs:
+            return {}
+        ids = [t.task_id for t, _ in pairs]
+        claims = [t.claim_id for t, _ in pairs]
+        errors = [validate.text(e, "error", self.max_payload_bytes) for _, e in pairs]
+        rows = self.db.fetch_all("report_failures", {
+            "task_ids": ids, "claim_ids": claims, "errors": errors, "retry": [retry] * len(ids)})
+        return {tid: TaskStatus(status) for tid, status in rows}
+
+    def release(self, tasks: Iterable[ClaimedTask]) -> set[int]:
+        """Give claimed tasks back to the queue unrun (a pool that stops)."""
+        held = list(tasks)
+        if not held:
+            return set()
+        rows = self.db.fetch_all("release_tasks", {
+            "task_ids": [t.task_id for t in held], "claim_ids": [t.claim_id for t in held]})
+        return {r[0] for r in rows}
+
+    def extend_leases(self, tasks: Iterable[ClaimedTask], lease_s: float | None = None) -> set[int]:
+        """Heartbeat: extend the leases of held tasks in one statement; returns ids still held."""
+        held = list(tasks)
+        if not held:
+            return set()
+        rows = self.db.fetch_all("extend_leases", {
+            "task_ids": [t.task_id for t in held], "claim_ids": [t.claim_id for t in held],
+            "lease_s": self.lease_s if lease_s is None else float(lease_s)})
+        return {r[0] for r in rows}
+
+    def rescue_expired(self) -> dict[int, TaskStatus]:
+        """Requeue (or fail, after max_attempts) every task whose lease expired."""
+        rows = self.db.fetch_all("rescue_expired", {})
+        if rows:
+            log.info("expired leases rescued", extra={"count": len(rows)})
+        return {tid: TaskStatus(status) for tid, status in rows}
+
+    def rescue_expired_if_due(self) -> None:
+        """rescue_expired at most once per quarter lease, from whichever waiter is idle."""
+        now = time.monotonic()
+        with self._rescue_lock:
+            if now - self._last_rescue < self.lease_s / 4:
+                return
+            self._last_rescue = now
+        self.rescue_expired()
+
+    # -- the ME side: state of many tasks ---------------------------------------------------------
+    def info(self, tasks: Iterable[Any]) -> dict[int, TaskInfo]:
+        """Snapshot of many tasks in one query. Raises UnknownTask for ids that do not exist."""
+        ids = validate.task_ids(tasks)
+        rows = self.db.fetch_all("task_info", {"task_ids": ids})
+        found = {r[0]: TaskInfo(r[0], r[1], r[2], TaskStatus(r[3]), *r[4:]) for r in rows}
+        missing = set(ids) - found.keys()
+        if missing:
+            raise UnknownTask(list(missing))
+        return found
+
+    def _finished_among(self, task_ids: list[int]) -> list[tuple[Any, ...]]:
+        if not task_ids:
+            return []
+        return self.db.fetch_all("finished_among", {"task_ids": task_ids})
+
+    def set_priorities(self, tasks: Iterable[Any], priority: int | Sequence[int]) -> list[int]:
+        """Reprioritize queued tasks in one statement: one value for all, or one per task.
+
+        Returns the ids changed (running and finished tasks keep theirs). All or nothing:
+        an unknown id raises UnknownTask and nothing changes.
+        """
+        ids = validate.task_ids(tasks)
+        if not ids:
+            return []
+        if isinstance(priority, (list, tuple)):
+            prios = validate.per_item(priority, len(ids), "priority", lambda v: validate.int32(v, "priority"))
+            merged = dict(zip(ids, prios))  # a repeated id takes its last priority
+            rows = self.db.fetch_all("set_priorities", {
+                "task_ids": list(merged), "priorities": list(merged.values())})
+        else:
+            rows = self.db.fetch_all("set_priority", {
+                "task_ids": ids, "priority": validate.int32(priority, "priority")})
+        return _changed_or_raise(rows)
+
+    def cancel(self, tasks: Iterable[Any]) -> list[int]:
+        """Cancel queued tasks in one statement; returns the ids canceled. All or nothing."""
+        ids = validate.task_ids(tasks)
+        if not ids:
+            return []
+        return _changed_or_raise(self.db.fetch_all("cancel_tasks", {"task_ids": ids}))
+
+    def stats(self, exp_id: str | None = None) -> dict[int, dict[str, int]]:
+        """Task counts per type and status, for one experiment or all."""
+        rows = self.db.fetch_all("queue_stats", {"exp_id": None if exp_id is None else validate.exp_id(exp_id)})
+        out: dict[int, dict[str, int]] = {}
+        for task_type, status, count in rows:
+            out.setdefault(task_type, {})[status] = count
+        return out
+
+    def open_count(self, task_type: int | None = None) -> int:
+        """Tasks queued or running (of a type, or of all)."""
+        row = self.db.fetch_one("count_open", {
+            "task_type": None if task_type is None else validate.task_type(task_type)})
+        return int(row[0]) if row else 0
+
+    def experiment_futures(self, exp_id: str) -> list[Future]:
+        """Re-attach: Futures for every task of an experiment, in submission order."""
+        rows = self.db.fetch_all("experiment_tasks", {"exp_id": validate.exp_id(exp_id)})
+        return [Future(self, tid, exp, typ, tag, TaskStatus(status)) for tid, exp, typ, status, tag, _ in rows]
+
+    def as_completed(self, futures: Sequence[Future], timeout: float | None = None, n: int | None = None,
+                     pop: bool = False, batch_size: int = 1) -> Any:
+        return as_completed(futures, timeout=timeout, n=n, pop=pop, batch_size=batch_size)
+
+    def pop_completed(self, futures: list[Future], timeout: float | None = None) -> Future:
+        return pop_completed(futures, timeout=timeout)
+
+    # -- pools ------------------------------------------------------------------------------------
+    def register_pool(self, name: str, task_types: Iterable[int], *, n_workers: int = 1,
+                      launcher: str = "local", job_id: str | None = None,
+                      info: dict[str, Any] | None = None) -> int:
+        row = self.db.fetch_one("register_pool", {
+            "name": validate.text(name, "pool name", 200), "task_types": list(validate.task_types(task_types)),
+            "launcher": launcher, "host": socket.gethostname(), "pid": os.getpid(), "job_id": job_id,
+            "n_workers": validate.count(n_workers, "n_workers", 1, 100_000),
+            "info": json.dumps(info or {})}, idempotent=False)
+        assert row is not None
+        return int(row[0])
+
+    def pool_heartbeat(self, pool_id: int) -> StopMode | None:
+        """Record that a pool is alive; returns a pending stop request, if any."""
+        row = self.db.fetch_one("pool_heartbeat", {"pool_id": pool_id})
+        return StopMode(row[0]) if row and row[0] else None
+
+    def pool_stopped(self, pool_id: int) -> None:
+        self.db.execute("pool_stopped", {"pool_id": pool_id})
+
+    def stop_pools(self, task_type: int | Iterable[int], mode: StopMode | str = StopMode.DRAIN) -> list[str]:
+        """Tell the running pools of a type to stop: drain (finish the queue) or now."""
+        mode = StopMode(mode)
+        rows = self.db.fetch_all("request_pool_stop", {
+            "mode": mode.value, "task_types": list(validate.task_types(task_type))})
+        return [name for _, name in rows]
+
+    def pools(self, active_only: bool = False) -> list[PoolInfo]:
+        rows = self.db.fetch_all("list_pools", {"active_only": active_only})
+        return [PoolInfo(*r[:9], StopMode(r[9]) if r[9] else None, *r[10:]) for r in rows]
+
+    def pool_inbox(self, pool_id: int) -> Inbox:
+        """An inbox woken when this pool is told to stop."""
+        return self._listener.subscribe("eqflow_pool", {str(pool_id)})
+
+
+def _changed_or_raise(rows: list[tuple[Any, ...]]) -> list[int]:
+    missing = [tid for found, tid in rows if not found]
+    if missing:
+        raise UnknownTask(missing)
+    return sorted(tid for _, tid in rows)

@@ -1,0 +1,198 @@
+-- Every statement eqflow runs against its database, one named block each.
+-- Blocks start with "-- name: <name>" and take %(param)s parameters (psycopg style).
+
+-- name: upsert_experiment
+INSERT INTO experiments (exp_id, config)
+VALUES (%(exp_id)s, %(config)s)
+ON CONFLICT (exp_id) DO NOTHING;
+
+-- name: get_experiment
+SELECT exp_id, created_at, config, status FROM experiments WHERE exp_id = %(exp_id)s;
+
+-- name: submit_tasks
+INSERT INTO tasks (exp_id, task_type, payload, priority, tag, max_attempts)
+SELECT %(exp_id)s, %(task_type)s, p.payload, p.priority, p.tag, %(max_attempts)s
+FROM unnest(%(payloads)s::text[], %(priorities)s::integer[], %(tags)s::text[])
+     WITH ORDINALITY AS p(payload, priority, tag, ord)
+ORDER BY p.ord
+RETURNING task_id;
+
+-- name: claim_one_type
+WITH picked AS (
+    SELECT task_id FROM tasks
+    WHERE status = 'queued' AND task_type = %(task_type)s
+    ORDER BY priority DESC, task_id
+    LIMIT %(n)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks t
+SET status = 'running', pool = %(pool)s, attempts = t.attempts + 1,
+    claim_id = nextval('eqflow_claim_seq'),
+    lease_expires_at = now() + make_interval(secs => %(lease_s)s), started_at = now()
+FROM picked WHERE t.task_id = picked.task_id
+RETURNING t.task_id, t.exp_id, t.task_type, t.priority, t.payload, t.tag, t.attempts, t.claim_id;
+
+-- name: claim_many_types
+WITH picked AS (
+    SELECT task_id FROM tasks
+    WHERE status = 'queued' AND task_type = ANY(%(task_types)s::integer[])
+    ORDER BY priority DESC, task_id
+    LIMIT %(n)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks t
+SET status = 'running', pool = %(pool)s, attempts = t.attempts + 1,
+    claim_id = nextval('eqflow_claim_seq'),
+    lease_expires_at = now() + make_interval(secs => %(lease_s)s), started_at = now()
+FROM picked WHERE t.task_id = picked.task_id
+RETURNING t.task_id, t.exp_id, t.task_type, t.priority, t.payload, t.tag, t.attempts, t.claim_id;
+
+-- name: report_results
+-- A NULL claim id (EQ-SQL compatibility) accepts any running holder.
+UPDATE tasks t
+SET status = 'complete', result = r.result, error = NULL, finished_at = now(),
+    lease_expires_at = NULL
+FROM unnest(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(results)s::text[])
+     AS r(task_id, claim_id, result)
+WHERE t.task_id = r.task_id AND t.status = 'running'
+  AND (r.claim_id IS NULL OR t.claim_id = r.claim_id)
+RETURNING t.task_id;
+
+-- name: report_failures
+-- Retryable failures go back to the queue until max_attempts; then the task fails for good.
+UPDATE tasks t
+SET status = CASE WHEN r.retry AND t.attempts < t.max_attempts
+                  THEN 'queued' ELSE 'failed' END::eqflow_task_status,
+    error = r.error,
+    finished_at = CASE WHEN r.retry AND t.attempts < t.max_attempts THEN NULL ELSE now() END,
+    lease_expires_at = NULL
+FROM unnest(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(errors)s::text[], %(retry)s::boolean[])
+     AS r(task_id, claim_id, error, retry)
+WHERE t.task_id = r.task_id AND t.status = 'running'
+  AND (r.claim_id IS NULL OR t.claim_id = r.claim_id)
+RETURNING t.task_id, t.status::text;
+
+-- name: release_tasks
+-- A pool that stops returns what it holds; the unfinished run does not count as an attempt.
+UPDATE tasks t
+SET status = 'queued', attempts = greatest(t.attempts - 1, 0), lease_expires_at = NULL,
+    started_at = NULL
+FROM unnest(%(task_ids)s::bigint[], %(claim_ids)s::bigint[]) AS r(task_id, claim_id)
+WHERE t.task_id = r.task_id AND t.status = 'running' AND t.claim_id = r.claim_id
+RETURNING t.task_id;
+
+-- name: extend_leases
+UPDATE tasks t
+SET lease_expires_at = now() + make_interval(secs => %(lease_s)s)
+FROM unnest(%(task_ids)s::bigint[], %(claim_ids)s::bigint[]) AS r(task_id, claim_id)
+WHERE t.task_id = r.task_id AND t.status = 'running' AND t.claim_id = r.claim_id
+RETURNING t.task_id;
+
+-- name: rescue_expired
+-- Expired leases: back to the queue, or failed once max_attempts are spent.
+UPDATE tasks t
+SET status = CASE WHEN t.attempts < t.max_attempts THEN 'queued' ELSE 'failed' END::eqflow_task_status,
+    error = format('lease expired (pool %%s, attempt %%s of %%s)', t.pool, t.attempts, t.max_attempts),
+    finished_at = CASE WHEN t.attempts < t.max_attempts THEN NULL ELSE now() END,
+    lease_expires_at = NULL
+WHERE t.task_id IN (
+    SELECT task_id FROM tasks
+    WHERE status = 'running' AND lease_expires_at < now()
+    FOR UPDATE SKIP LOCKED)
+RETURNING t.task_id, t.status::text;
+
+-- name: cancel_tasks
+-- All or nothing: if any id is unknown, nothing changes and the unknown ids come back.
+WITH req AS (SELECT DISTINCT unnest(%(task_ids)s::bigint[]) AS task_id),
+missing AS (
+    SELECT req.task_id FROM req
+    WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = req.task_id)),
+changed AS (
+    UPDATE tasks t SET status = 'canceled', finished_at = now()
+    FROM req
+    WHERE t.task_id = req.task_id AND t.status = 'queued' AND NOT EXISTS (SELECT 1 FROM missing)
+    RETURNING t.task_id)
+SELECT false AS found, task_id FROM missing
+UNION ALL SELECT true, task_id FROM changed;
+
+-- name: set_priority
+-- All or nothing, as cancel_tasks. Only queued tasks change.
+WITH req AS (SELECT DISTINCT unnest(%(task_ids)s::bigint[]) AS task_id),
+missing AS (
+    SELECT req.task_id FROM req
+    WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = req.task_id)),
+changed AS (
+    UPDATE tasks t SET priority = %(priority)s
+    FROM req
+    WHERE t.task_id = req.task_id AND t.status = 'queued' AND NOT EXISTS (SELECT 1 FROM missing)
+    RETURNING t.task_id)
+SELECT false AS found, task_id FROM missing
+UNION ALL SELECT true, task_id FROM changed;
+
+-- name: set_priorities
+-- One priority per task; ids must be distinct. All or nothing, as cancel_tasks.
+WITH req AS (
+    SELECT * FROM unnest(%(task_ids)s::bigint[], %(priorities)s::integer[]) AS u(task_id, priority)),
+missing AS (
+    SELECT req.task_id FROM req
+    WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = req.task_id)),
+changed AS (
+    UPDATE tasks t SET priority = req.priority
+    FROM req
+    WHERE t.task_id = req.task_id AND t.status = 'queued' AND NOT EXISTS (SELECT 1 FROM missing)
+    RETURNING t.task_id)
+SELECT false AS found, task_id FROM missing
+UNION ALL SELECT true, task_id FROM changed;
+
+-- name: task_info
+SELECT task_id, exp_id, task_type, status::text, priority, pool, result, error, tag,
+       attempts, max_attempts, created_at, started_at, finished_at
+FROM tasks WHERE task_id = ANY(%(task_ids)s::bigint[]);
+
+-- name: finished_among
+SELECT task_id, status::text, result, error, pool
+FROM tasks
+WHERE task_id = ANY(%(task_ids)s::bigint[]) AND status IN ('complete', 'failed', 'canceled');
+
+-- name: experiment_tasks
+SELECT task_id, exp_id, task_type, status::text, tag, priority
+FROM tasks WHERE exp_id = %(exp_id)s ORDER BY task_id;
+
+-- name: queue_stats
+SELECT task_type, status::text, count(*)
+FROM tasks
+WHERE (%(exp_id)s::text IS NULL OR exp_id = %(exp_id)s)
+GROUP BY task_type, status ORDER BY task_type, status;
+
+-- name: count_open
+SELECT count(*) FROM tasks
+WHERE status IN ('queued', 'running') AND (%(task_type)s::integer IS NULL OR task_type = %(task_type)s);
+
+-- name: cancel_all_queued
+UPDATE tasks SET status = 'canceled', finished_at = now()
+WHERE status = 'queued' RETURNING task_id;
+
+-- name: register_pool
+INSERT INTO pools (name, task_types, launcher, host, pid, job_id, n_workers, info)
+VALUES (%(name)s, %(task_types)s, %(launcher)s, %(host)s, %(pid)s, %(job_id)s, %(n_workers)s, %(info)s)
+RETURNING pool_id;
+
+-- name: pool_heartbeat
+UPDATE pools SET heartbeat_at = now()
+WHERE pool_id = %(pool_id)s
+RETURNING stop_requested;
+
+-- name: pool_stopped
+UPDATE pools SET status = 'stopped', stopped_at = now() WHERE pool_id = %(pool_id)s;
+
+-- name: request_pool_stop
+UPDATE pools SET stop_requested = %(mode)s
+WHERE status IN ('starting', 'running') AND task_types && %(task_types)s::integer[]
+RETURNING pool_id, name;
+
+-- name: list_pools
+SELECT pool_id, name, task_types, launcher, host, pid, job_id, status, n_workers,
+       stop_requested, started_at, heartbeat_at, stopped_at
+FROM pools
+WHERE (%(active_only)s::boolean IS FALSE OR status IN ('starting', 'running'))
+ORDER BY pool_id;
