@@ -139,12 +139,7 @@ def _gather(queue: LocalTaskQueue, futures: Sequence[Future], target: int, timeo
     try:
         candidates: set[int] | None = None  # None: check the whole pending set
         while True:
-            if pending and (candidates is None or candidates):
-                check = list(pending) if candidates is None else [t for t in candidates if t in pending]
-                for task_id, status, result, error, pool in queue._finished_among(check):
-                    fut = pending.pop(task_id)
-                    fut._settle(TaskStatus(status), result, error, pool)
-                    ready.append(fut)
+            ready.extend(_collect(queue, pending, candidates))
             # Yield whole batches; the final partial batch once nothing more can come.
             while ready and (len(ready) >= batch_size or not pending or yielded + len(ready) >= target):
                 take = min(batch_size, len(ready), target - yielded)
@@ -174,6 +169,19 @@ def _gather(queue: LocalTaskQueue, futures: Sequence[Future], target: int, timeo
     finally:
         if inbox is not None:
             inbox.close()
+
+
+def _collect(queue: LocalTaskQueue, pending: dict[int, Future], candidates: set[int] | None) -> list[Future]:
+    """Settle and remove the finished futures among ``candidates`` (None: all pending)."""
+    if not pending or candidates is not None and not candidates:
+        return []
+    check = list(pending) if candidates is None else [t for t in candidates if t in pending]
+    settled = []
+    for task_id, status, result, error, pool in queue._finished_among(check):
+        fut = pending.pop(task_id)
+        fut._settle(TaskStatus(status), result, error, pool)
+        settled.append(fut)
+    return settled
 
 
 def pop_completed(futures: list[Future], timeout: float | None = None) -> Future:

@@ -95,7 +95,7 @@ class LocalTaskQueue:
             "exp_id": exp_id, "task_type": task_type, "payloads": checked, "priorities": priorities,
             "tags": tags, "max_attempts": attempts}, idempotent=False)
         ids = sorted(r[0] for r in rows)  # identities are drawn in payload order
-        return [Future(self, tid, exp_id, task_type, t) for tid, t in zip(ids, tags)]
+        return [Future(self, tid, exp_id, task_type, t) for tid, t in zip(ids, tags, strict=True)]
 
     def _ensure_experiment(self, exp_id: str, config: dict[str, Any] | None = None) -> None:
         if exp_id not in self._known_experiments:
@@ -257,7 +257,7 @@ class LocalTaskQueue:
             return []
         if isinstance(priority, (list, tuple)):
             prios = validate.per_item(priority, len(ids), "priority", lambda v: validate.int32(v, "priority"))
-            merged = dict(zip(ids, prios))  # a repeated id takes its last priority
+            merged = dict(zip(ids, prios, strict=True))  # a repeated id takes its last priority
             rows = self.db.fetch_all("set_priorities", {
                 "task_ids": list(merged), "priorities": list(merged.values())})
         else:

@@ -18,8 +18,7 @@ def resolve_url(url: str | None = None, *, home: Path | str | None = None, migra
     """
     chosen = url if url not in (None, "", "embedded") else os.environ.get(ENV_URL)
     if chosen:
-        if not chosen.startswith(("postgresql://", "postgres://")):
-            raise ConfigError(f"database URL must start with postgresql://, got {chosen.split(':')[0]!r}")
+        _check_conninfo(chosen)
     else:
         from eqflow.db.embedded import EmbeddedPostgres
 
@@ -29,3 +28,15 @@ def resolve_url(url: str | None = None, *, home: Path | str | None = None, migra
 
         upgrade(chosen)
     return chosen
+
+
+def _check_conninfo(url: str) -> None:
+    """Accept a postgresql:// URL or a libpq key=value string; never echo it (passwords)."""
+    import psycopg
+
+    if "://" in url and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"database URL must start with postgresql://, got scheme {url.split('://')[0]!r}")
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        raise ConfigError("database URL is not a valid postgresql:// URL or libpq connection string") from None

@@ -44,7 +44,7 @@ def queries() -> dict[str, str]:
     text = (_sql_root() / "queries.sql").read_text()
     parts = _NAME_LINE.split(text)
     named: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2]):
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
         lines = [ln for ln in body.strip().splitlines() if not ln.lstrip().startswith("--")]
         named[name] = "\n".join(lines).strip().rstrip(";")
     return named

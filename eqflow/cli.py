@@ -1,0 +1,106 @@
+"""The `eqflow` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from eqflow.db.embedded import EmbeddedPostgres
+from eqflow.errors import EqflowError
+
+
+def _db(args: argparse.Namespace) -> int:
+    embedded = EmbeddedPostgres(args.home)
+    if args.action == "start":
+        embedded.ensure_running()
+        print(json.dumps(embedded.status()))
+    elif args.action == "stop":
+        print("stopped" if embedded.stop() else "not running")
+    elif args.action == "status":
+        print(json.dumps(embedded.status()))
+    elif args.action == "url":
+        print(embedded.url())
+    elif args.action == "reset":
+        if not args.yes:
+            print("reset deletes every experiment and task in the embedded database; add --yes", file=sys.stderr)
+            return 2
+        embedded.reset()
+        print("reset")
+    elif args.action == "init":
+        from eqflow.db.migrate import latest_version, upgrade
+        from eqflow.db.resolve import resolve_url
+
+        url = resolve_url(args.url, home=args.home, migrate=False)
+        applied = upgrade(url)
+        print(json.dumps({"applied": applied, "schema_version": latest_version()}))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from eqflow.bench import queue_bench
+
+    figures = queue_bench.run(args.url, n_e2e=args.tasks, workers=args.workers,
+                              progress=lambda msg: print(f"[bench] {msg}", file=sys.stderr))
+    print(json.dumps(figures))
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from eqflow.queue import LocalTaskQueue
+
+    with LocalTaskQueue(args.url) as queue:
+        print(json.dumps({"tasks": queue.stats(args.exp_id),
+                          "pools": [p.name + f" ({p.status})" for p in queue.pools(active_only=True)]}))
+    return 0
+
+
+def _pool(argv: list[str]) -> int:
+    from eqflow.workers.pool import main as pool_main
+
+    return pool_main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eqflow", description="eqflow: a PostgreSQL task queue for model exploration")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    db = sub.add_parser("db", help="the database: embedded cluster and schema")
+    db.add_argument("action", choices=["init", "start", "stop", "status", "url", "reset"])
+    db.add_argument("--home", default=None, help="embedded cluster folder (default $EQFLOW_HOME or ./.eqflow)")
+    db.add_argument("--url", default=None, help="for init: a postgresql:// URL instead of the embedded cluster")
+    db.add_argument("--yes", action="store_true", help="confirm reset")
+    db.set_defaults(func=_db)
+
+    bench = sub.add_parser("bench", help="benchmarks; prints one JSON line")
+    bench.add_argument("suite", choices=["queue"])
+    bench.add_argument("--url", default=None, help="server to use (default: embedded)")
+    bench.add_argument("--tasks", type=int, default=20_000, help="end-to-end tasks")
+    bench.add_argument("--workers", type=int, default=4, help="end-to-end worker processes")
+    bench.set_defaults(func=_bench)
+
+    stats = sub.add_parser("stats", help="task counts per type and status")
+    stats.add_argument("--exp-id", default=None)
+    stats.add_argument("--url", default=None)
+    stats.set_defaults(func=_stats)
+
+    sub.add_parser("pool", help="run a worker pool: eqflow pool run --help", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if argv[:2] == ["pool", "run"]:
+        return _pool(argv[2:])
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except EqflowError as exc:
+        print(f"eqflow: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what eqflow needs on a fresh machine: PostgreSQL server binaries (Debian packages)
+# when initdb is missing, and a virtual environment in .venv with eqflow and its test tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have_initdb() {
+    [ -n "${EQFLOW_PG_BIN:-}" ] && [ -x "$EQFLOW_PG_BIN/initdb" ] && return 0
+    command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ] && return 0
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && return 0
+    command -v initdb >/dev/null 2>&1
+}
+
+if ! have_initdb; then
+    echo "[setup] PostgreSQL server not found: installing Debian's postgresql"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    # The packaged cluster is not used: eqflow runs its own private one.
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    echo "[setup] creating .venv"
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-input -e '.[test]'
+echo "[setup] ready"

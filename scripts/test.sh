@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Quick start 2/2: set up, lint, then run the test suite against a real private PostgreSQL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,35 @@
+"""Task implementations shipped with eqflow. A task function takes the payload (str) and
+returns the result (str); an exception becomes a failure report with its traceback."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+
+def noop(payload: str) -> str:
+    return payload
+
+
+def sleep(payload: str) -> str:
+    """Payload: {"seconds": s}. Sleeps, then echoes the payload."""
+    time.sleep(float(json.loads(payload).get("seconds", 0.0)))
+    return payload
+
+
+def ackley(payload: str) -> str:
+    """Payload: {"x": [...], "delay": s?}. Result: {"y": ackley(x)}."""
+    spec = json.loads(payload)
+    x = [float(v) for v in spec["x"]]
+    if spec.get("delay"):
+        time.sleep(float(spec["delay"]))
+    n = len(x)
+    s1 = sum(v * v for v in x) / n
+    s2 = sum(math.cos(2 * math.pi * v) for v in x) / n
+    y = -20.0 * math.exp(-0.2 * math.sqrt(s1)) - math.exp(s2) + 20.0 + math.e
+    return json.dumps({"y": y})
+
+
+def fail(payload: str) -> str:
+    raise RuntimeError(f"failing on purpose: {payload}")
