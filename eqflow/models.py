@@ -38,7 +38,7 @@ class ClaimedTask:
     payload: str
     tag: str | None
     attempt: int
-    claim_id: int
+    claim_id: int | None  # None only for EQ-SQL-style reports that name no lease
     pool: str
 
 

@@ -82,10 +82,15 @@ class Listener:
 
     def subscribe(self, channel: str, keys: list[str] | set[str] | frozenset[str]) -> Inbox:
         inbox = Inbox(self, frozenset((channel, str(k)) for k in keys))
-        with self._lock:
-            for key in inbox.keys:
-                self._inboxes[key].add(inbox)
-            self._ensure_thread()
+        while True:
+            with self._lock:
+                stopping = self._thread if self._thread is not None and self._stop.is_set() else None
+                if stopping is None or not stopping.is_alive():
+                    for key in inbox.keys:
+                        self._inboxes[key].add(inbox)
+                    self._ensure_thread()
+                    break
+            stopping.join()  # outside the lock: the thread takes it to route notifications
         # A waiter must not miss what is sent between its first check and the LISTEN taking effect.
         self._connected.wait(timeout=10.0)
         return inbox
@@ -98,6 +103,8 @@ class Listener:
                     members.discard(inbox)
                     if not members:
                         del self._inboxes[key]
+            if not self._inboxes:
+                self._stop.set()  # nobody listening: let the thread and its connection go
 
     def close(self) -> None:
         self._stop.set()
@@ -107,6 +114,7 @@ class Listener:
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
+            self._connected.clear()
             self._thread = threading.Thread(target=self._run, name="eqflow-listener", daemon=True)
             self._thread.start()
 
@@ -121,7 +129,7 @@ class Listener:
                     self._broadcast_resync()
                     backoff = 0.05
                     while not self._stop.is_set():
-                        for note in conn.notifies(timeout=0.5):
+                        for note in conn.notifies(timeout=0.25):
                             self._route(note.channel, note.payload)
             except psycopg.Error as exc:
                 self._connected.clear()

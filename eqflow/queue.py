@@ -289,7 +289,12 @@ class LocalTaskQueue:
     def experiment_futures(self, exp_id: str) -> list[Future]:
         """Re-attach: Futures for every task of an experiment, in submission order."""
         rows = self.db.fetch_all("experiment_tasks", {"exp_id": validate.exp_id(exp_id)})
-        return [Future(self, tid, exp, typ, tag, TaskStatus(status)) for tid, exp, typ, status, tag, _ in rows]
+        futures = []
+        for tid, exp, typ, status, tag, result, error, pool in rows:
+            fut = Future(self, tid, exp, typ, tag)
+            fut._settle(TaskStatus(status), result, error, pool)
+            futures.append(fut)
+        return futures
 
     def as_completed(self, futures: Sequence[Future], timeout: float | None = None, n: int | None = None,
                      pop: bool = False, batch_size: int = 1) -> Any:

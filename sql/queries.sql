@@ -155,7 +155,7 @@ FROM tasks
 WHERE task_id = ANY(%(task_ids)s::bigint[]) AND status IN ('complete', 'failed', 'canceled');
 
 -- name: experiment_tasks
-SELECT task_id, exp_id, task_type, status::text, tag, priority
+SELECT task_id, exp_id, task_type, status::text, tag, result, error, pool
 FROM tasks WHERE exp_id = %(exp_id)s ORDER BY task_id;
 
 -- name: queue_stats

@@ -1,0 +1,77 @@
+"""Tests run against a real private PostgreSQL cluster started once per session.
+
+Each test gets its own database cloned from a migrated template (CREATE DATABASE ...
+TEMPLATE), so tests are isolated and cheap. Set EQFLOW_TEST_DB_URL to use an existing
+server instead (its user must be allowed to create databases).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from eqflow.db.embedded import EmbeddedPostgres
+from eqflow.db.migrate import upgrade
+from eqflow.queue import LocalTaskQueue
+
+TEMPLATE = "eqflow_test_template"
+_counter = itertools.count()
+
+
+def _with_db(url: str, dbname: str) -> str:
+    return psycopg.conninfo.make_conninfo(url, dbname=dbname)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[EmbeddedPostgres | None]:
+    if os.environ.get("EQFLOW_TEST_DB_URL"):
+        yield None
+        return
+    home = Path(tempfile.mkdtemp(prefix="eqflow-test-"))
+    cluster = EmbeddedPostgres(home)
+    cluster.ensure_running()
+    yield cluster
+    cluster.reset()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def admin_url(pg_cluster: EmbeddedPostgres | None) -> str:
+    base = os.environ.get("EQFLOW_TEST_DB_URL") or pg_cluster.url()  # type: ignore[union-attr]
+    url = _with_db(base, "postgres")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {TEMPLATE}")
+    upgrade(_with_db(url, TEMPLATE))
+    return url
+
+
+@pytest.fixture()
+def db_url(admin_url: str) -> Iterator[str]:
+    name = f"eqflow_test_{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")  # generated identifier
+    yield _with_db(admin_url, name)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture()
+def queue(db_url: str) -> Iterator[LocalTaskQueue]:
+    q = LocalTaskQueue(db_url, migrate=False, safety_poll_s=1.0, lease_s=30.0)
+    yield q
+    q.close()
+
+
+def sql(url: str, statement: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Run one statement directly (for assertions on the raw table)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(statement, params)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else []
