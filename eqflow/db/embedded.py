@@ -79,7 +79,10 @@ def free_port() -> int:
 
 
 def _port_free(port: int) -> bool:
+    """Whether nobody listens on the port (connections in TIME_WAIT do not count,
+    as PostgreSQL binds with SO_REUSEADDR too)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
