@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                   for _ in range(cfg["n_tasks"])]
         futures = queue.submit_many(args.exp_id, cfg["task_type"],
                                     [json.dumps({"x": p, "delay": cfg.get("delay", 0.0)}) for p in points])
-    pool = start_pool(queue, cfg, args.exp_id)
+    pending = [f for f in futures if not f.done()]
+    pool = start_pool(queue, cfg, args.exp_id) if pending else None
     best = float("inf")
     failed = 0
     try:
@@ -88,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
                 bar.set_postfix(best=f"{best:.4f}", failed=failed)
                 bar.update()
     finally:
-        queue.stop_pools(cfg["task_type"], "now")
-        pool.wait(timeout=30)
+        if pool is not None:
+            pool.terminate()  # SIGTERM: the pool returns any unfinished task to the queue
+            pool.wait(timeout=30)
     print(json.dumps({"exp_id": args.exp_id, "tasks": len(futures), "failed": failed, "best": best}))
     queue.close()
     return 0

@@ -24,5 +24,6 @@ if [ ! -x .venv/bin/python ]; then
     echo "[setup] creating .venv"
     "$PYTHON" -m venv .venv
 fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-input --upgrade pip "setuptools>=70" wheel
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-input -e '.[test]'
 echo "[setup] ready"

@@ -1,0 +1,84 @@
+"""The command line, the demo ME script, and a non-editable install."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(args, env_url=None, **kw):
+    env = dict(os.environ)
+    if env_url:
+        env["EQFLOW_DB_URL"] = env_url
+    return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, **kw)
+
+
+def test_db_init_on_a_url_reports_the_schema_version(db_url):
+    out = run([sys.executable, "-m", "eqflow.cli", "db", "init", "--url", db_url])
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"applied": [], "schema_version": 1}
+
+
+def test_embedded_db_lifecycle_in_its_own_home(tmp_path_factory):
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="eqflow-cli-")
+    cli = [sys.executable, "-m", "eqflow.cli", "db"]
+    try:
+        assert json.loads(run(cli + ["status", "--home", home]).stdout)["exists"] is False
+        started = json.loads(run(cli + ["start", "--home", home]).stdout)
+        assert started["running"] is True
+        url = run(cli + ["url", "--home", home]).stdout.strip()
+        assert url.startswith("postgresql://eqflow:")
+        assert run(cli + ["stop", "--home", home]).stdout.strip() == "stopped"
+        assert json.loads(run(cli + ["status", "--home", home]).stdout)["running"] is False
+        refused = run(cli + ["reset", "--home", home])
+        assert refused.returncode == 2 and "--yes" in refused.stderr
+        assert run(cli + ["reset", "--home", home, "--yes"]).returncode == 0
+    finally:
+        run(cli + ["reset", "--home", home, "--yes"])
+
+
+def test_demo_runs_end_to_end_and_resumes(db_url, tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("task_type: 0\nn_tasks: 12\nsample_dimensions: 3\ndelay: 0\n"
+                   "pool: {workers: 2, fn: 'eqflow.workers.tasks:ackley'}\n")
+    out = run([sys.executable, "run.py", "demo-test", str(cfg)], env_url=db_url)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["tasks"] == 12 and summary["failed"] == 0 and summary["best"] < 25
+    again = run([sys.executable, "run.py", "demo-test", str(cfg)], env_url=db_url)
+    assert "re-attached to demo-test: 12 tasks" in again.stdout
+    assert json.loads(again.stdout.strip().splitlines()[-1])["best"] == summary["best"]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("task_type: zero\nn_tasks: 3\nsample_dimensions: 2\npool: {}\n", "key 'task_type' must be a int"),
+    ("[1, 2", "not valid YAML"),
+])
+def test_broken_config_names_file_and_key(tmp_path, text, expected):
+    cfg = tmp_path / "broken.yaml"
+    cfg.write_text(text)
+    out = run([sys.executable, "run.py", "x", str(cfg)])
+    assert out.returncode == 2
+    assert str(cfg) in out.stderr and expected in out.stderr
+
+
+def test_non_editable_install_maps_packages_under_eqflow(tmp_path):
+    """`pip install .` puts workers/, service/ and sql/ under eqflow, nothing top-level."""
+    target = tmp_path / "site"
+    out = run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q",
+               "--target", str(target), "."])
+    assert out.returncode == 0, out.stderr
+    assert not (target / "workers").exists() and not (target / "service").exists()
+    probe = ("from eqflow.db.sqlfiles import migrations, queries; import eqflow.workers.pool, eqflow.service; "
+             "print(len(migrations()), 'claim_one_type' in queries())")
+    env = dict(os.environ, PYTHONPATH=str(target))
+    checked = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.split() == ["1", "True"]
