@@ -332,7 +332,9 @@ class LocalTaskQueue:
 
     def pools(self, active_only: bool = False) -> list[PoolInfo]:
         rows = self.db.fetch_all("list_pools", {"active_only": active_only})
-        return [PoolInfo(*r[:9], StopMode(r[9]) if r[9] else None, *r[10:]) for r in rows]
+        return [PoolInfo(pool_id=r[0], name=r[1], task_types=r[2], launcher=r[3], host=r[4], pid=r[5],
+                         job_id=r[6], status=r[7], n_workers=r[8], stop_requested=StopMode(r[9]) if r[9] else None,
+                         started_at=r[10], heartbeat_at=r[11], stopped_at=r[12]) for r in rows]
 
     def pool_inbox(self, pool_id: int) -> Inbox:
         """An inbox woken when this pool is told to stop."""

@@ -121,7 +121,8 @@ class Pool:
         return done_count
 
     def _report(self, finished: set[cf.Future[tuple[bool, str]]]) -> int:
-        results, failures = [], []
+        results: list[tuple[ClaimedTask, str]] = []
+        failures: list[tuple[ClaimedTask, str]] = []
         for fut in finished:
             task = self.in_hand.pop(fut)
             try:

@@ -28,13 +28,11 @@ EXP = "bench"
 def bench_database(url: str | None) -> str:
     """A fresh, migrated ``eqflow_bench`` database next to the configured one."""
     base = resolve_url(url, migrate=False)
-    info = psycopg.conninfo.conninfo_to_dict(base)
     with psycopg.connect(base, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'eqflow_bench'").fetchone()
         if not exists:
             conn.execute("CREATE DATABASE eqflow_bench")
-    info["dbname"] = "eqflow_bench"
-    bench_url = psycopg.conninfo.make_conninfo(**info)
+    bench_url = psycopg.conninfo.make_conninfo(base, dbname="eqflow_bench")
     upgrade(bench_url)
     with psycopg.connect(bench_url, autocommit=True) as conn:
         conn.execute("TRUNCATE tasks, pools, experiments")

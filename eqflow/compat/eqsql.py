@@ -230,8 +230,8 @@ class LocalTaskQueue:
             return {"type": "status", "payload": EQ_ABORT}
         if not tasks:
             return {"type": "status", "payload": EQ_TIMEOUT}
-        messages = []
-        stops = []
+        messages: list[dict[str, Any]] = []
+        stops: list[tuple[ClaimedTask, str]] = []
         for task in tasks:
             if task.payload == EQ_STOP:
                 stops.append((task, EQ_STOP))

@@ -22,6 +22,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from eqflow.errors import EmbeddedDatabaseError
 
@@ -275,7 +276,7 @@ def _server_os_user() -> str | None:
     return SERVER_OS_USER
 
 
-def _as_user(os_user: str | None) -> dict[str, object]:
+def _as_user(os_user: str | None) -> dict[str, Any]:
     if os_user is None:
         return {}
     entry = pwd.getpwnam(os_user)
