@@ -1,8 +1,10 @@
 """The pool runtime: claims tasks of its types and runs them on N concurrent workers.
 
 It keeps at most ``batch_size`` tasks in hand and asks for more once ``threshold`` slots are
-free, heartbeats its leases, reports results in batches, obeys stop requests (drain or now)
-and, on SIGTERM/SIGINT, returns unfinished tasks to the queue before it exits.
+free (EQ-SQL's CFG_BATCH_SIZE / CFG_BATCH_THRESHOLD), heartbeats its leases, reports results
+in batches, obeys stop requests (drain or now) and, on SIGTERM/SIGINT, returns unfinished
+tasks to the queue before it exits. Tasks run in worker processes (see slots.py) or, for
+I/O-bound work, in threads.
 
     python -m eqflow.workers.pool --types 1 --fn eqflow.workers.tasks:ackley --workers 4
 """
@@ -11,15 +13,18 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import importlib
 import logging
-import multiprocessing as mp
+import os
 import signal
-import threading
+import sys
 import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait as wait_connections
+from typing import Protocol
+
+from eqflow.workers.gpu import detect_gpus, slot_devices
+from eqflow.workers.slots import Slot, TaskSpec, load_function, run_task
 
 from eqflow.models import ClaimedTask, StopMode
 from eqflow.queue import LocalTaskQueue
@@ -27,150 +32,280 @@ from eqflow.queue import LocalTaskQueue
 log = logging.getLogger("eqflow.pool")
 
 
-def load_function(spec: str) -> Callable[[str], str]:
-    """``package.module:function`` → the callable."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"task function must be 'module:function', got {spec!r}")
-    fn = getattr(importlib.import_module(module_name), attr)
-    if not callable(fn):
-        raise ValueError(f"{spec} is not callable")
-    return fn  # type: ignore[no-any-return]
-
-
-def _run_task(spec: str, payload: str) -> tuple[bool, str]:
-    """Runs in a worker process: (ok, result or traceback)."""
-    try:
-        return True, load_function(spec)(payload)
-    except BaseException:  # the worker must survive any task error
-        return False, traceback.format_exc()
-
-
 @dataclass
 class PoolConfig:
     task_types: list[int]
-    fn: str
+    spec: TaskSpec
     name: str = "pool"
     n_workers: int = 1
     batch_size: int = 0  # 0: same as n_workers
     threshold: int = 1
+    threads: bool = False
+    task_timeout_s: float | None = None
+    mem_limit_mb: int | None = None
+    gpus: list[str] = field(default_factory=list)  # CUDA_VISIBLE_DEVICES per worker ("" = none)
     heartbeat_s: float = 5.0
     idle_exit_s: float | None = None  # exit after this long with nothing to do
+    launcher: str = "local"
+    job_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.n_workers}")
+        self.batch_size = self.batch_size or self.n_workers
+        if self.batch_size < self.n_workers:
+            raise ValueError(f"batch_size ({self.batch_size}) must be >= workers ({self.n_workers})")
+        if not 1 <= self.threshold <= self.batch_size:
+            raise ValueError(f"threshold must be in 1..batch_size ({self.batch_size}), got {self.threshold}")
+        if self.threads and self.mem_limit_mb is not None:
+            raise ValueError("a memory limit needs worker processes, not threads")
 
 
 class Pool:
+    """Runs until told to stop (or idle for idle_exit_s); see the module docstring."""
+
     def __init__(self, queue: LocalTaskQueue, cfg: PoolConfig) -> None:
         self.queue = queue
         self.cfg = cfg
-        self.batch_size = cfg.batch_size or cfg.n_workers
-        if not 1 <= cfg.threshold <= self.batch_size:
-            raise ValueError(f"threshold must be in 1..batch_size ({self.batch_size}), got {cfg.threshold}")
-        self.in_hand: dict[cf.Future[tuple[bool, str]], ClaimedTask] = {}
+        self.waiting: deque[ClaimedTask] = deque()  # claimed, not yet started
+        self.completed = 0
+        self.failed = 0
         self._stop_mode: StopMode | None = None
-        self._signal = threading.Event()
         self.pool_id = 0
+        self.pool_name = cfg.name
 
     def request_stop(self, mode: StopMode) -> None:
         if self._stop_mode is not StopMode.NOW:
-            self._stop_mode = mode
-        self._signal.set()
+            self._stop_mode = StopMode(mode)
 
+    # -- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
-        """Run until stopped; returns the number of tasks completed."""
         cfg = self.cfg
-        self.pool_id = self.queue.register_pool(cfg.name, cfg.task_types, n_workers=cfg.n_workers,
-                                                info={"fn": cfg.fn, "batch_size": self.batch_size})
-        pool_name = f"{cfg.name}-{self.pool_id}"
+        self.pool_id = self.queue.register_pool(
+            cfg.name, cfg.task_types, n_workers=cfg.n_workers, launcher=cfg.launcher, job_id=cfg.job_id,
+            info={"fn": cfg.spec.fn, "cmd": cfg.spec.cmd, "batch_size": cfg.batch_size,
+                  "threshold": cfg.threshold, "threads": cfg.threads, "gpus": cfg.gpus})
+        self.pool_name = f"{cfg.name}-{self.pool_id}"
+        log.info("pool started", extra={"pool": self.pool_name, "types": cfg.task_types})
         stop_inbox = self.queue.pool_inbox(self.pool_id)
-        executor = cf.ProcessPoolExecutor(cfg.n_workers, mp_context=mp.get_context("spawn"))
-        done_count = 0
+        runner: _Runner = _ThreadRunner(cfg) if cfg.threads else _ProcessRunner(cfg)
         last_beat = 0.0
         idle_since = time.monotonic()
         try:
             while True:
-                now = time.monotonic()
-                if now - last_beat >= cfg.heartbeat_s or stop_inbox.wait(0)[2]:
-                    mode = self.queue.pool_heartbeat(self.pool_id)
-                    if mode is not None:
-                        self.request_stop(mode)
-                    if self.in_hand:
-                        self.queue.extend_leases(self.in_hand.values())
-                    last_beat = now
+                if time.monotonic() - last_beat >= cfg.heartbeat_s or stop_inbox.wait(0)[2]:
+                    self._heartbeat(runner)
+                    last_beat = time.monotonic()
                 if self._stop_mode is StopMode.NOW:
                     break
-                free = self.batch_size - len(self.in_hand)
-                draining = self._stop_mode is StopMode.DRAIN
-                if free >= cfg.threshold:
-                    wait_s = 0.0 if self.in_hand else min(cfg.heartbeat_s, 1.0)
-                    claimed = self.queue.claim(cfg.task_types, n=free, pool=pool_name, timeout=wait_s)
-                    for task in claimed:
-                        self.in_hand[executor.submit(_run_task, cfg.fn, task.payload)] = task
+                in_hand = len(self.waiting) + runner.running
+                if cfg.batch_size - in_hand >= cfg.threshold:
+                    wait_s = 0.0 if in_hand else min(cfg.heartbeat_s, 1.0)
+                    claimed = self.queue.claim(cfg.task_types, n=cfg.batch_size - in_hand,
+                                               pool=self.pool_name, timeout=wait_s)
+                    self.waiting.extend(claimed)
                     if claimed:
                         idle_since = time.monotonic()
-                if not self.in_hand:
-                    if draining:
+                while self.waiting and runner.has_free_slot():
+                    runner.start(self.waiting.popleft())
+                if not self.waiting and not runner.running:
+                    if self._stop_mode is StopMode.DRAIN:
                         break
                     if cfg.idle_exit_s is not None and time.monotonic() - idle_since > cfg.idle_exit_s:
                         break
                     continue
-                finished, _ = cf.wait(list(self.in_hand), timeout=0.2, return_when=cf.FIRST_COMPLETED)
-                done_count += self._report(finished)
+                self._report(runner.collect(timeout=0.05))
         finally:
-            self._shutdown(executor)
+            self._shutdown(runner)
             stop_inbox.close()
-        return done_count
+        return self.completed
 
-    def _report(self, finished: set[cf.Future[tuple[bool, str]]]) -> int:
-        results: list[tuple[ClaimedTask, str]] = []
-        failures: list[tuple[ClaimedTask, str]] = []
-        for fut in finished:
-            task = self.in_hand.pop(fut)
-            try:
-                ok, value = fut.result()
-            except Exception:  # a worker process died
-                ok, value = False, traceback.format_exc()
-            (results if ok else failures).append((task, value))
+    def _heartbeat(self, runner: _Runner) -> None:
+        mode = self.queue.pool_heartbeat(self.pool_id)
+        if mode is not None:
+            self.request_stop(mode)
+        held = list(self.waiting) + runner.held()
+        if held:
+            self.queue.extend_leases(held)
+
+    def _report(self, outcomes: list[tuple[ClaimedTask, bool, str]]) -> None:
+        results = [(task, value) for task, ok, value in outcomes if ok]
+        failures = [(task, value) for task, ok, value in outcomes if not ok]
         if results:
-            self.queue.report(results)
+            self.completed += len(self.queue.report(results))
         if failures:
+            self.failed += len(failures)
             self.queue.report_failure(failures)
-        return len(results)
 
-    def _shutdown(self, executor: cf.ProcessPoolExecutor) -> None:
-        if self.in_hand:
-            returned = self.queue.release(self.in_hand.values())
+    def _shutdown(self, runner: _Runner) -> None:
+        unfinished = list(self.waiting) + runner.held()
+        self.waiting.clear()
+        runner.close()
+        if unfinished:
+            returned = self.queue.release(unfinished)
             log.info("returned unfinished tasks", extra={"count": len(returned)})
-            self.in_hand.clear()
-        executor.shutdown(wait=False, cancel_futures=True)
         self.queue.pool_stopped(self.pool_id)
+        log.info("pool stopped", extra={"pool": self.pool_name, "completed": self.completed,
+                                        "failed": self.failed})
 
 
-def main(argv: list[str] | None = None) -> int:
+class _Runner(Protocol):
+    @property
+    def running(self) -> int: ...
+    def has_free_slot(self) -> bool: ...
+    def start(self, task: ClaimedTask) -> None: ...
+    def collect(self, timeout: float) -> list[tuple[ClaimedTask, bool, str]]: ...
+    def held(self) -> list[ClaimedTask]: ...
+    def close(self) -> None: ...
+
+
+class _ProcessRunner:
+    """Tasks in worker processes: per-task timeouts kill the worker; dead workers are replaced."""
+
+    def __init__(self, cfg: PoolConfig) -> None:
+        self.cfg = cfg
+        devices = cfg.gpus or [""] * cfg.n_workers
+        self.slots = [Slot(i, {"CUDA_VISIBLE_DEVICES": dev} if dev else {}, cfg.mem_limit_mb)
+                      for i, dev in enumerate(devices)]
+
+    @property
+    def running(self) -> int:
+        return sum(1 for s in self.slots if s.busy)
+
+    def has_free_slot(self) -> bool:
+        return any(not s.busy for s in self.slots)
+
+    def start(self, task: ClaimedTask) -> None:
+        next(s for s in self.slots if not s.busy).submit(self.cfg.spec, task)
+
+    def collect(self, timeout: float) -> list[tuple[ClaimedTask, bool, str]]:
+        busy = [s for s in self.slots if s.busy]
+        outcomes = []
+        ready = set(wait_connections([s.conn for s in busy], timeout=timeout)) if busy else set()
+        for slot in busy:
+            if slot.conn in ready:
+                try:
+                    task, (ok, value) = slot.take_result()
+                except (EOFError, OSError):
+                    task = slot.task
+                    outcomes.append((task, False, slot.died() or "worker process lost"))
+                    slot.restart()
+                    continue
+                outcomes.append((task, ok, value))
+            elif (limit := self.cfg.task_timeout_s) is not None and time.monotonic() - slot.started_at > limit:
+                outcomes.append((slot.task, False, f"task timed out after {limit:g}s; worker killed"))
+                slot.restart()
+            elif (why := slot.died()) is not None:
+                outcomes.append((slot.task, False, why))
+                slot.restart()
+        return outcomes
+
+    def held(self) -> list[ClaimedTask]:
+        return [s.task for s in self.slots if s.busy]
+
+    def close(self) -> None:
+        for slot in self.slots:
+            slot.close()
+
+
+class _ThreadRunner:
+    """Tasks in threads (I/O-bound work). A timed-out task is reported failed; its thread
+    cannot be killed and runs on, its result ignored."""
+
+    def __init__(self, cfg: PoolConfig) -> None:
+        self.cfg = cfg
+        self.executor = cf.ThreadPoolExecutor(cfg.n_workers, thread_name_prefix="eqflow-task")
+        self.futures: dict[cf.Future[tuple[bool, str]], tuple[ClaimedTask, float]] = {}
+
+    @property
+    def running(self) -> int:
+        return len(self.futures)
+
+    def has_free_slot(self) -> bool:
+        return len(self.futures) < self.cfg.n_workers
+
+    def start(self, task: ClaimedTask) -> None:
+        fut = self.executor.submit(run_task, self.cfg.spec, task.task_id, task.payload)
+        self.futures[fut] = (task, time.monotonic())
+
+    def collect(self, timeout: float) -> list[tuple[ClaimedTask, bool, str]]:
+        done, _ = cf.wait(list(self.futures), timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        outcomes = []
+        for fut in done:
+            task, _ = self.futures.pop(fut)
+            ok, value = fut.result()
+            outcomes.append((task, ok, value))
+        limit = self.cfg.task_timeout_s
+        if limit is not None:
+            for fut, (task, started) in list(self.futures.items()):
+                if time.monotonic() - started > limit:
+                    del self.futures[fut]
+                    outcomes.append((task, False, f"task timed out after {limit:g}s (thread left running)"))
+        return outcomes
+
+    def held(self) -> list[ClaimedTask]:
+        return [task for task, _ in self.futures.values()]
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eqflow pool run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--types", type=int, nargs="+", required=True, help="task types to claim")
-    parser.add_argument("--fn", required=True, help="task function, module:function")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--fn", help="task function, module:function (payload str in, result str out)")
+    what.add_argument("--cmd", help="shell command template with {payload}, {payload_file}, {task_id}; "
+                                    "its stdout is the result")
     parser.add_argument("--name", default="pool", help="pool name (the pool id is appended)")
-    parser.add_argument("--workers", type=int, default=1, help="concurrent worker processes")
+    parser.add_argument("--workers", type=int, default=None, help="concurrent workers (default 1, or the GPU slots)")
     parser.add_argument("--batch-size", type=int, default=0, help="most tasks in hand (default: workers)")
     parser.add_argument("--threshold", type=int, default=1, help="free slots before asking for more")
+    parser.add_argument("--threads", action="store_true", help="run tasks in threads (I/O-bound work)")
+    parser.add_argument("--timeout", type=float, default=None, help="per-task timeout, seconds")
+    parser.add_argument("--mem-limit-mb", type=int, default=None, help="per-worker memory limit, MiB")
+    parser.add_argument("--gpu", action="store_true", help="give each worker its own GPU slot")
+    parser.add_argument("--workers-per-gpu", type=int, default=1, help="workers sharing one GPU")
     parser.add_argument("--db", default=None, help="database URL (default: $EQFLOW_DB_URL or embedded)")
-    parser.add_argument("--lease", type=float, default=60.0, help="lease seconds")
+    parser.add_argument("--lease", type=float, default=60.0, help="lease seconds (heartbeat every lease/4)")
     parser.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
-    args = parser.parse_args(argv)
+    parser.add_argument("--launcher", default=os.environ.get("EQFLOW_LAUNCHER", "local"), help=argparse.SUPPRESS)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> PoolConfig:
+    spec = TaskSpec(fn=args.fn, cmd=args.cmd)
+    if spec.fn:
+        load_function(spec.fn)  # fail fast on a bad name
+    gpus: list[str] = []
+    if args.gpu:
+        gpus = slot_devices(detect_gpus(), args.workers_per_gpu, args.workers)
+    workers = args.workers or (len(gpus) if gpus else 1)
+    job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID")
+    return PoolConfig(args.types, spec, args.name, workers, args.batch_size, args.threshold, args.threads,
+                      args.timeout, args.mem_limit_mb, gpus, heartbeat_s=max(0.2, args.lease / 4),
+                      idle_exit_s=args.idle_exit, launcher=args.launcher, job_id=job_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    load_function(args.fn)  # fail fast on a bad name
+    try:
+        cfg = config_from_args(args)
+    except (ValueError, ImportError, AttributeError) as exc:
+        print(f"eqflow pool run: {exc}", file=sys.stderr)
+        return 2
     queue = LocalTaskQueue(args.db, lease_s=args.lease)
-    pool = Pool(queue, PoolConfig(args.types, args.fn, args.name, args.workers, args.batch_size,
-                                  args.threshold, heartbeat_s=max(0.5, args.lease / 4),
-                                  idle_exit_s=args.idle_exit))
+    pool = Pool(queue, cfg)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: pool.request_stop(StopMode.NOW))
-    done = pool.run()
-    log.info("pool exiting", extra={"completed": done})
+    pool.run()
     queue.close()
     return 0
 
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+

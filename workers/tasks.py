@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 
 
@@ -29,6 +30,17 @@ def ackley(payload: str) -> str:
     s2 = sum(math.cos(2 * math.pi * v) for v in x) / n
     y = -20.0 * math.exp(-0.2 * math.sqrt(s1)) - math.exp(s2) + 20.0 + math.e
     return json.dumps({"y": y})
+
+
+def cuda_device(payload: str) -> str:
+    """Which GPU slot this worker was given."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+
+def allocate(payload: str) -> str:
+    """Payload: {"mb": n}. Allocates n MiB (tests the memory limit)."""
+    block = bytearray(int(json.loads(payload)["mb"]) * 1024 * 1024)
+    return str(len(block))
 
 
 def fail(payload: str) -> str:
