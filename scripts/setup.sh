@@ -19,6 +19,17 @@ if ! have_initdb; then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
 fi
 
+# The test suite runs a real single-node SLURM cluster: `setup.sh --with-slurm` installs it.
+if [ "${1:-}" = "--with-slurm" ] && ! command -v slurmctld >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "[setup] installing slurm-wlm and munge for the SLURM launcher tests"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
+    else
+        echo "[setup] not root: SLURM tests will be skipped (apt-get install slurm-wlm munge to run them)"
+    fi
+fi
+
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     echo "[setup] creating .venv"
