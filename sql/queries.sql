@@ -196,3 +196,21 @@ SELECT pool_id, name, task_types, launcher, host, pid, job_id, status, n_workers
 FROM pools
 WHERE (%(active_only)s::boolean IS FALSE OR status IN ('starting', 'running'))
 ORDER BY pool_id;
+
+-- name: request_pool_stop_by_id
+UPDATE pools SET stop_requested = %(mode)s
+WHERE pool_id = %(pool_id)s AND status IN ('starting', 'running')
+RETURNING pool_id;
+
+-- name: pool_running_counts
+SELECT pool, count(*) FROM tasks
+WHERE status = 'running' AND pool = ANY(%(pools)s::text[])
+GROUP BY pool;
+
+-- name: record_decision
+INSERT INTO scaling_decisions (task_type, action, reason, queued, pools, job_id)
+VALUES (%(task_type)s, %(action)s, %(reason)s, %(queued)s, %(pools)s, %(job_id)s);
+
+-- name: recent_decisions
+SELECT at, task_type, action, reason, queued, pools, job_id
+FROM scaling_decisions ORDER BY decision_id DESC LIMIT %(limit)s;

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from eqflow.db.migrate import latest_version
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,7 +23,7 @@ def run(args, env_url=None, **kw):
 def test_db_init_on_a_url_reports_the_schema_version(db_url):
     out = run([sys.executable, "-m", "eqflow.cli", "db", "init", "--url", db_url])
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"applied": [], "schema_version": 1}
+    assert json.loads(out.stdout) == {"applied": [], "schema_version": latest_version()}
 
 
 def test_embedded_db_lifecycle_in_its_own_home(tmp_path_factory):
@@ -81,4 +83,4 @@ def test_non_editable_install_maps_packages_under_eqflow(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(target))
     checked = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert checked.returncode == 0, checked.stderr
-    assert checked.stdout.split() == ["1", "True"]
+    assert checked.stdout.split() == [str(latest_version()), "True"]
