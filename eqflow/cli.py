@@ -57,7 +57,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _pool(argv: list[str]) -> int:
-    from eqflow.workers.pool import main as pool_main
+    from eqflow.cli_pool import main as pool_main
 
     return pool_main(argv)
 
@@ -85,15 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--url", default=None)
     stats.set_defaults(func=_stats)
 
-    sub.add_parser("pool", help="run a worker pool: eqflow pool run --help", add_help=False)
+    sub.add_parser("pool", help="worker pools: eqflow pool run|start|status|stop|list --help", add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if argv[:2] == ["pool", "run"]:
-        return _pool(argv[2:])
+    if argv[:1] == ["pool"]:
+        try:
+            return _pool(argv[1:])
+        except (EqflowError, ValueError, RuntimeError) as exc:
+            print(f"eqflow pool: {exc}", file=sys.stderr)
+            return 1
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

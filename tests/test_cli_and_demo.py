@@ -84,3 +84,30 @@ def test_non_editable_install_maps_packages_under_eqflow(tmp_path):
     checked = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.split() == [str(latest_version()), "True"]
+
+
+def test_pool_cli_start_list_stop(db_url, tmp_path):
+    cli = [sys.executable, "-m", "eqflow.cli", "pool"]
+    started = run(cli + ["start", "--types", "21", "--fn", "eqflow.workers.tasks:noop", "--name", "clipool",
+                         "--db", db_url, "--output-dir", str(tmp_path)])
+    assert started.returncode == 0, started.stderr
+    job = json.loads(started.stdout)["job_id"]
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        listing = json.loads(run(cli + ["list", "--json", "--db", db_url]).stdout)
+        if listing["pools"]:
+            break
+        time.sleep(0.2)
+    [pool] = listing["pools"]
+    assert pool["pid"] == int(job) and pool["types"] == [21] and pool["launcher"] == "local"
+    assert "clipool" in run(cli + ["list", "--db", db_url]).stdout
+    stopped = run(cli + ["stop", "--type", "21", "--now", "--db", db_url])
+    assert json.loads(stopped.stdout)["stop_requested"] == ["clipool"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and json.loads(run(cli + ["list", "--json", "--db", db_url]).stdout)["pools"]:
+        time.sleep(0.2)
+    assert json.loads(run(cli + ["list", "--json", "--all", "--db", db_url]).stdout)["pools"][0]["status"] == "stopped"
+    bad = run(cli + ["stop", "--db", db_url])
+    assert bad.returncode == 2 and "--type" in bad.stderr
