@@ -136,6 +136,10 @@ class LocalTaskQueue:
             if not woken:
                 self.rescue_expired_if_due()
 
+    def work_inbox(self, task_types: int | Iterable[int]) -> Inbox:
+        """The inbox woken when work of these types is queued (shared with claim())."""
+        return self._work_inbox(validate.task_types(task_types))
+
     def _work_inbox(self, types: tuple[int, ...]) -> Inbox:
         inbox = self._work_inboxes.get(types)
         if inbox is None:

@@ -89,8 +89,10 @@ class Pool:
         log.info("pool started", extra={"pool": self.pool_name, "types": cfg.task_types})
         stop_inbox = self.queue.pool_inbox(self.pool_id)
         runner: _Runner = _ThreadRunner(cfg) if cfg.threads else _ProcessRunner(cfg)
+        work_inbox = self.queue.work_inbox(cfg.task_types)
         last_beat = 0.0
         idle_since = time.monotonic()
+        starved_since: float | None = None  # the last claim came back short: wait for news
         try:
             while True:
                 if time.monotonic() - last_beat >= cfg.heartbeat_s or stop_inbox.wait(0)[2]:
@@ -99,26 +101,34 @@ class Pool:
                 if self._stop_mode is StopMode.NOW:
                     break
                 in_hand = len(self.waiting) + runner.running
-                if cfg.batch_size - in_hand >= cfg.threshold:
+                want = cfg.batch_size - in_hand
+                news = starved_since is None or work_inbox.wait(0)[2] or \
+                    time.monotonic() - starved_since > cfg.heartbeat_s
+                if want >= cfg.threshold and news:
                     wait_s = 0.0 if in_hand else min(cfg.heartbeat_s, 1.0)
-                    claimed = self.queue.claim(cfg.task_types, n=cfg.batch_size - in_hand,
-                                               pool=self.pool_name, timeout=wait_s)
+                    claimed = self.queue.claim(cfg.task_types, n=want, pool=self.pool_name, timeout=wait_s)
                     self.waiting.extend(claimed)
+                    starved_since = time.monotonic() if len(claimed) < want else None
                     if claimed:
                         idle_since = time.monotonic()
-                while self.waiting and runner.has_free_slot():
-                    runner.start(self.waiting.popleft())
+                self._dispatch(runner)
                 if not self.waiting and not runner.running:
-                    if self._stop_mode is StopMode.DRAIN:
+                    if self._stop_mode is StopMode.DRAIN and starved_since is not None:
                         break
                     if cfg.idle_exit_s is not None and time.monotonic() - idle_since > cfg.idle_exit_s:
                         break
                     continue
-                self._report(runner.collect(timeout=0.05))
+                outcomes = runner.collect(timeout=0.05)
+                self._dispatch(runner)  # keep workers busy while the results are reported
+                self._report(outcomes)
         finally:
             self._shutdown(runner)
             stop_inbox.close()
         return self.completed
+
+    def _dispatch(self, runner: _Runner) -> None:
+        while self.waiting and runner.has_free_slot():
+            runner.start(self.waiting.popleft())
 
     def _heartbeat(self, runner: _Runner) -> None:
         mode = self.queue.pool_heartbeat(self.pool_id)

@@ -1,0 +1,55 @@
+"""`eqflow bench pool`: tasks/s through one pool with 1, 2, 4 workers, on no-op and 10 ms tasks,
+beside the ideal (workers / task time)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from eqflow.bench.queue_bench import bench_database
+from eqflow.queue import LocalTaskQueue
+from eqflow.workers.launchers import JobState, LocalLauncher, PoolSpec, wait
+
+
+def _one(queue: LocalTaskQueue, task_type: int, workers: int, seconds: float, n: int) -> float:
+    launcher = LocalLauncher()
+    job = launcher.start(PoolSpec([task_type], fn="eqflow.workers.tasks:sleep", workers=workers,
+                                  batch_size=workers * 2, db_url=queue.url, idle_exit=2))
+    deadline = time.monotonic() + 60
+    while not any(str(p.pid) == job for p in queue.pools(active_only=True)):  # warm: pool registered
+        if time.monotonic() > deadline:
+            raise RuntimeError("pool did not start")
+        time.sleep(0.05)
+    time.sleep(0.5)  # let its worker processes finish importing
+    payload = json.dumps({"seconds": seconds})
+    t0 = time.perf_counter()
+    futures = queue.submit_many("bench-pool", task_type, [payload] * n)
+    done = sum(1 for _ in queue.as_completed(futures, timeout=600))
+    elapsed = time.perf_counter() - t0
+    launcher.cancel(job)
+    if wait(launcher, job, timeout=30) is JobState.RUNNING:
+        raise RuntimeError("pool did not stop")
+    assert done == n
+    return n / elapsed
+
+
+def run(url: str | None = None, progress: Any = None) -> dict[str, Any]:
+    say = progress or (lambda msg: None)
+    queue = LocalTaskQueue(bench_database(url), migrate=False)
+    rows = []
+    task_type = 100
+    try:
+        for seconds, label in ((0.0, "noop"), (0.01, "10ms")):
+            for workers in (1, 2, 4):
+                task_type += 1
+                n = 2000 if seconds == 0 else 150 * workers
+                say(f"{label} x {workers} workers")
+                rate = _one(queue, task_type, workers, seconds, n)
+                ideal = workers / seconds if seconds else None
+                rows.append({"task": label, "workers": workers, "tasks": n, "tasks_per_s": round(rate),
+                             "ideal_tasks_per_s": ideal,
+                             "efficiency": round(rate / ideal, 2) if ideal else None})
+    finally:
+        queue.close()
+    return {"pool": rows}
