@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from eqflow import validate
 from eqflow.errors import InvalidInput, TaskCanceled, TaskFailed
@@ -125,21 +125,18 @@ def as_completed(futures: Sequence[Future], timeout: float | None = None, n: int
     target = len(futures) if n is None else min(n, len(futures))
     if target == 0 or not futures:
         return
-    queue = next(iter(queues.values()))
-    yield from _gather(queue, futures, target, timeout, pop, batch_size)
+    yield from _gather(next(iter(queues.values())), futures, target, timeout, pop, batch_size)
 
 
-def _gather(queue: LocalTaskQueue, futures: Sequence[Future], target: int, timeout: float | None,
+def _gather(queue: Any, futures: Sequence[Future], target: int, timeout: float | None,
             pop: bool, batch_size: int) -> Iterator[Future]:
     deadline = None if timeout is None else time.monotonic() + timeout
     ready = [f for f in futures if f._final]
     pending = {f.task_id: f for f in futures if not f._final}
     yielded = 0
-    inbox = queue._listener.subscribe("eqflow_done", {f.exp_id for f in pending.values()}) if pending else None
+    watch = queue.watch_completions({f.exp_id for f in pending.values()}) if pending else None
     try:
-        candidates: set[int] | None = None  # None: check the whole pending set
         while True:
-            ready.extend(_collect(queue, pending, candidates))
             # Yield whole batches; the final partial batch once nothing more can come.
             while ready and (len(ready) >= batch_size or not pending or yielded + len(ready) >= target):
                 take = min(batch_size, len(ready), target - yielded)
@@ -151,37 +148,66 @@ def _gather(queue: LocalTaskQueue, futures: Sequence[Future], target: int, timeo
                     yield fut
                 if yielded >= target:
                     return
-            if not pending and not ready:
+            if not pending:
                 return
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"as_completed: {target - yielded} of {target} futures not done "
                                    f"after {timeout}s")
-            wait = queue.safety_poll_s if remaining is None else min(remaining, queue.safety_poll_s)
-            assert inbox is not None
-            payloads, resync, woken = inbox.wait(wait)
-            if resync or not woken:
-                candidates = None  # safety poll or reconnect: one full check
-                if not woken:
-                    queue.rescue_expired_if_due()
-            else:
-                candidates = done_ids(payloads)
+            assert watch is not None
+            for task_id, status, result, error, pool in watch.finished(pending, remaining):
+                if task_id in pending:
+                    fut = pending.pop(task_id)
+                    fut._settle(TaskStatus(status), result, error, pool)
+                    ready.append(fut)
     finally:
-        if inbox is not None:
-            inbox.close()
+        if watch is not None:
+            watch.close()
 
 
-def _collect(queue: LocalTaskQueue, pending: dict[int, Future], candidates: set[int] | None) -> list[Future]:
-    """Settle and remove the finished futures among ``candidates`` (None: all pending)."""
-    if not pending or candidates is not None and not candidates:
-        return []
-    check = list(pending) if candidates is None else [t for t in candidates if t in pending]
-    settled = []
-    for task_id, status, result, error, pool in queue._finished_among(check):
-        fut = pending.pop(task_id)
-        fut._settle(TaskStatus(status), result, error, pool)
-        settled.append(fut)
-    return settled
+class CompletionWatch(Protocol):
+    """How a transport learns which futures finished."""
+
+    def finished(self, pending: dict[int, Future], timeout: float | None) -> list[tuple[Any, ...]]:
+        """(task_id, status, result, error, pool) of finished tasks among ``pending``; waits up
+        to ``timeout`` (None: a while) for at least one, and may return [] on timeout."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalCompletionWatch:
+    """Woken by eqflow_done notifications; a full check first, after a reconnect, and on each
+    safety poll; otherwise only the ids the notifications name are looked up."""
+
+    def __init__(self, queue: LocalTaskQueue, exp_ids: set[str]) -> None:
+        self.queue = queue
+        self.inbox = queue._listener.subscribe("eqflow_done", exp_ids)
+        self.candidates: set[int] | None = None  # None: check everything pending
+
+    def finished(self, pending: dict[int, Future], timeout: float | None) -> list[tuple[Any, ...]]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.candidates is None or self.candidates:
+                check = list(pending) if self.candidates is None else [t for t in self.candidates if t in pending]
+                self.candidates = set()
+                rows = self.queue._finished_among(check)
+                if rows:
+                    return rows
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return []
+            wait = self.queue.safety_poll_s if remaining is None else min(remaining, self.queue.safety_poll_s)
+            payloads, resync, woken = self.inbox.wait(wait)
+            if resync or not woken:
+                self.candidates = None  # safety poll or reconnect: one full check
+                if not woken:
+                    self.queue.rescue_expired_if_due()
+            else:
+                self.candidates = done_ids(payloads)
+
+    def close(self) -> None:
+        self.inbox.close()
 
 
 def pop_completed(futures: list[Future], timeout: float | None = None) -> Future:

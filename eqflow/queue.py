@@ -19,7 +19,7 @@ from eqflow import validate
 from eqflow.db.connector import Connector
 from eqflow.db.resolve import resolve_url
 from eqflow.errors import InvalidInput, UnknownTask
-from eqflow.futures import Future, as_completed, pop_completed
+from eqflow.futures import Future, LocalCompletionWatch, as_completed, pop_completed
 from eqflow.models import ClaimedTask, PoolInfo, StopMode, TaskInfo, TaskStatus
 from eqflow.notify import Inbox, listener_for
 
@@ -73,10 +73,12 @@ class LocalTaskQueue:
 
     def submit_many(self, exp_id: str, task_type: int, payloads: Sequence[str],
                     priority: int | Sequence[int] = 0, tag: str | None | Sequence[str | None] = None,
-                    max_attempts: int | None = None) -> list[Future]:
+                    max_attempts: int | None = None, idempotency_key: str | None = None) -> list[Future]:
         """Queue many tasks in one statement (all or nothing); Futures in payload order.
 
         priority and tag: one value for all, or a sequence with one per payload.
+        idempotency_key: a repeated call with the same key returns the first call's tasks
+        (and is retried safely after a lost connection).
         """
         exp_id = validate.exp_id(exp_id)
         task_type = validate.task_type(task_type)
@@ -91,10 +93,19 @@ class LocalTaskQueue:
         attempts = validate.count(max_attempts if max_attempts is not None else self.max_attempts,
                                   "max_attempts", 1, 1000)
         self._ensure_experiment(exp_id)
-        rows = self.db.fetch_all("submit_tasks", {
-            "exp_id": exp_id, "task_type": task_type, "payloads": checked, "priorities": priorities,
-            "tags": tags, "max_attempts": attempts}, idempotent=False)
+        params = {"exp_id": exp_id, "task_type": task_type, "payloads": checked, "priorities": priorities,
+                  "tags": tags, "max_attempts": attempts}
+        if idempotency_key is None:
+            rows = self.db.fetch_all("submit_tasks", params, idempotent=False)
+        else:
+            params["idem_key"] = validate.text(idempotency_key, "idempotency_key", 200)
+            try:
+                rows = self.db.fetch_all("submit_tasks_once", params)
+            except InvalidInput:  # lost the race on the key to an identical call: read its ids
+                rows = self.db.fetch_all("submit_tasks_once", params)
         ids = sorted(r[0] for r in rows)  # identities are drawn in payload order
+        if len(ids) != n:
+            raise InvalidInput(f"idempotency key {idempotency_key!r} was used for a submission of {len(ids)} tasks")
         return [Future(self, tid, exp_id, task_type, t) for tid, t in zip(ids, tags, strict=True)]
 
     def _ensure_experiment(self, exp_id: str, config: dict[str, Any] | None = None) -> None:
@@ -244,6 +255,18 @@ class LocalTaskQueue:
         if missing:
             raise UnknownTask(list(missing))
         return found
+
+    def watch_completions(self, exp_ids: set[str]) -> LocalCompletionWatch:
+        return LocalCompletionWatch(self, exp_ids)
+
+    def wait_finished(self, task_ids: list[int], exp_ids: set[str], timeout: float) -> list[tuple[Any, ...]]:
+        """Finished tasks among ``task_ids``, waiting up to ``timeout`` for at least one."""
+        pending: dict[int, Any] = dict.fromkeys(validate.task_ids(task_ids))
+        watch = self.watch_completions({validate.exp_id(e) for e in exp_ids})
+        try:
+            return watch.finished(pending, validate.timeout(timeout))
+        finally:
+            watch.close()
 
     def _finished_among(self, task_ids: list[int]) -> list[tuple[Any, ...]]:
         if not task_ids:

@@ -214,3 +214,25 @@ VALUES (%(task_type)s, %(action)s, %(reason)s, %(queued)s, %(pools)s, %(job_id)s
 -- name: recent_decisions
 SELECT at, task_type, action, reason, queued, pools, job_id
 FROM scaling_decisions ORDER BY decision_id DESC LIMIT %(limit)s;
+
+-- name: submit_tasks_once
+-- As submit_tasks, once per idempotency key: a repeated key returns the first call's ids.
+-- Two racing first calls: one commits, the other fails on the key and is retried by the client.
+WITH fresh AS (
+    SELECT NOT EXISTS (SELECT 1 FROM submissions WHERE idem_key = %(idem_key)s) AS ok),
+ins AS (
+    INSERT INTO tasks (exp_id, task_type, payload, priority, tag, max_attempts)
+    SELECT %(exp_id)s, %(task_type)s, p.payload, p.priority, p.tag, %(max_attempts)s
+    FROM unnest(%(payloads)s::text[], %(priorities)s::integer[], %(tags)s::text[])
+         WITH ORDINALITY AS p(payload, priority, tag, ord)
+    WHERE (SELECT ok FROM fresh)
+    ORDER BY p.ord
+    RETURNING task_id),
+rec AS (
+    INSERT INTO submissions (idem_key, exp_id, task_ids)
+    SELECT %(idem_key)s, %(exp_id)s, coalesce(array_agg(task_id ORDER BY task_id), '{}')
+    FROM ins HAVING (SELECT ok FROM fresh)
+    RETURNING 1)
+SELECT task_id FROM ins
+UNION ALL
+SELECT unnest(task_ids) FROM submissions WHERE idem_key = %(idem_key)s AND NOT (SELECT ok FROM fresh);

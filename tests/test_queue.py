@@ -204,3 +204,18 @@ def test_stop_pools_of_a_type(queue):
     assert queue.pool_heartbeat(other) is None
     queue.pool_stopped(drain)
     assert [p.name for p in queue.pools(active_only=True)] == ["p2"]
+
+
+def test_idempotency_key_makes_a_repeated_submit_return_the_same_tasks(queue, db_url):
+    first = queue.submit_many("idem", 1, ["a", "b"], idempotency_key="k-1")
+    again = queue.submit_many("idem", 1, ["a", "b"], idempotency_key="k-1")
+    assert [f.task_id for f in again] == [f.task_id for f in first]
+    other = queue.submit_many("idem", 1, ["a", "b"], idempotency_key="k-2")
+    assert {f.task_id for f in other}.isdisjoint(f.task_id for f in first)
+    assert queue.stats("idem") == {1: {"queued": 4}}
+    import pytest as _pytest
+
+    from eqflow import InvalidInput
+
+    with _pytest.raises(InvalidInput, match="was used for a submission of 2 tasks"):
+        queue.submit_many("idem", 1, ["a"], idempotency_key="k-1")
