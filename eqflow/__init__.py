@@ -2,6 +2,7 @@
 
 from eqflow.errors import (
     AmbiguousCommit,
+    AuthError,
     ConfigError,
     DatabaseError,
     DatabaseUnavailable,
@@ -19,7 +20,7 @@ from eqflow.queue import LocalTaskQueue
 __version__ = "0.1.0"
 
 __all__ = [
-    "AmbiguousCommit", "ClaimedTask", "ConfigError", "DatabaseError", "DatabaseUnavailable",
+    "AmbiguousCommit", "AuthError", "ClaimedTask", "ConfigError", "DatabaseError", "DatabaseUnavailable",
     "EqflowError", "Future", "InvalidInput", "LocalTaskQueue", "PayloadTooLarge", "PoolInfo",
     "StopMode", "TaskCanceled", "TaskFailed", "TaskInfo", "TaskStatus", "UnknownTask",
     "as_completed", "pop_completed",

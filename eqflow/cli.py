@@ -63,6 +63,21 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _service(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from eqflow.service.app import create_app
+    from eqflow.service.config import load_config
+
+    cfg = load_config(args.cfg)
+    if args.port is not None:
+        cfg.port = args.port
+    if args.db_url:
+        cfg.db_url = args.db_url
+    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning")
+    return 0
+
+
 def _pool(argv: list[str]) -> int:
     from eqflow.cli_pool import main as pool_main
 
@@ -91,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--exp-id", default=None)
     stats.add_argument("--url", default=None)
     stats.set_defaults(func=_stats)
+
+    service = sub.add_parser("service", help="the EMEWS REST service")
+    service.add_argument("action", choices=["start"])
+    service.add_argument("--cfg", default=None, help="YAML with a service: section (tokens, db_url, port, limits)")
+    service.add_argument("--port", type=int, default=None)
+    service.add_argument("--db-url", default=None)
+    service.set_defaults(func=_service)
 
     sub.add_parser("pool", help="worker pools: eqflow pool run|start|status|stop|list --help", add_help=False)
     return parser

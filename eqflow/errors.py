@@ -41,6 +41,10 @@ class AmbiguousCommit(DatabaseUnavailable):
     have been applied. Re-attach to the experiment to see what exists."""
 
 
+class AuthError(EqflowError):
+    """The EMEWS service refused the bearer token."""
+
+
 class DatabaseError(EqflowError):
     """The database rejected a statement (a constraint, a bad value)."""
 

@@ -21,11 +21,12 @@ if TYPE_CHECKING:
 
 
 class Future:
-    """The eventual result of one task."""
+    """The eventual result of one task. ``queue`` is the LocalTaskQueue or remote queue
+    (service, Globus Compute) that submitted it."""
 
     __slots__ = ("queue", "task_id", "exp_id", "task_type", "tag", "_status", "_result", "_error", "_pool")
 
-    def __init__(self, queue: LocalTaskQueue, task_id: int, exp_id: str, task_type: int,
+    def __init__(self, queue: Any, task_id: int, exp_id: str, task_type: int,
                  tag: str | None = None, status: TaskStatus = TaskStatus.QUEUED) -> None:
         self.queue = queue
         self.task_id = task_id

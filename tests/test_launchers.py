@@ -8,6 +8,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from eqflow import TaskStatus, as_completed
 from eqflow.workers import launchers
 from eqflow.workers.launchers import (
     ExecutorLauncher,
@@ -19,8 +21,6 @@ from eqflow.workers.launchers import (
     SlurmLauncher,
     wait,
 )
-
-from eqflow import TaskStatus, as_completed
 from tests import slurm_cluster
 from tests.conftest import sql
 

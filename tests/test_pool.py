@@ -8,9 +8,9 @@ import sys
 import time
 
 import pytest
-from eqflow.workers.gpu import slot_devices
 
 from eqflow import StopMode, TaskStatus, as_completed
+from eqflow.workers.gpu import slot_devices
 from tests.conftest import sql
 
 

@@ -3,10 +3,9 @@
 import json
 import time
 
-from eqflow.workers.launchers import PoolSpec
-
 from eqflow.resources import GpuState, ResourceProbe
 from eqflow.scaling import ScalingConfig, ScalingController, TypeScaling
+from eqflow.workers.launchers import PoolSpec
 from tests.conftest import sql
 
 

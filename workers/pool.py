@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_connections
 from typing import Protocol
 
-from eqflow.workers.gpu import detect_gpus, slot_devices
-from eqflow.workers.slots import Slot, TaskSpec, load_function, run_task
-
 from eqflow.models import ClaimedTask, StopMode
 from eqflow.queue import LocalTaskQueue
+from eqflow.workers.gpu import detect_gpus, slot_devices
+from eqflow.workers.slots import Slot, TaskSpec, load_function, run_task
 
 log = logging.getLogger("eqflow.pool")
 

@@ -1,0 +1,108 @@
+"""ServiceTaskQueue: the task-queue API through the EMEWS service (httpx), optionally over an
+SSH tunnel that it opens, re-opens and closes itself.
+
+Every call is safe to retry (submissions carry an idempotency key; reports are idempotent;
+a claim whose reply is lost is recovered by its lease), so connection errors and 502/503/504
+answers are retried until ``retry_timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import httpx
+
+from eqflow.errors import AuthError, ConfigError, DatabaseUnavailable, EqflowError
+from eqflow.remote import MAX_WAIT_S, RemoteTaskQueue, raise_error
+
+log = logging.getLogger(__name__)
+
+# operation -> (HTTP method, path); GET operations send their arguments as query parameters
+ROUTES: dict[str, tuple[str, str]] = {
+    "submit": ("POST", "/v1/tasks"),
+    "claim": ("POST", "/v1/tasks/claim"),
+    "report": ("POST", "/v1/tasks/report"),
+    "report_failure": ("POST", "/v1/tasks/fail"),
+    "release": ("POST", "/v1/tasks/release"),
+    "extend_leases": ("POST", "/v1/tasks/heartbeat"),
+    "info": ("POST", "/v1/tasks/query"),
+    "set_priorities": ("POST", "/v1/tasks/priorities"),
+    "cancel": ("POST", "/v1/tasks/cancel"),
+    "wait_finished": ("POST", "/v1/tasks/completions"),
+    "stats": ("GET", "/v1/stats"),
+    "open_count": ("GET", "/v1/queues/open"),
+    "experiment_tasks": ("GET", "/v1/experiments/{exp_id}/tasks"),
+    "pools": ("GET", "/v1/pools"),
+    "stop_pools": ("POST", "/v1/pools/stop"),
+    "rescue_expired": ("POST", "/v1/rescue"),
+}
+RETRY_STATUS = {502, 503, 504}
+
+
+class ServiceTaskQueue(RemoteTaskQueue):
+    """url: the service's base URL (with a tunnel, the local end is used instead).
+    token: bearer token (default ``$EQFLOW_SERVICE_TOKEN``)."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, *, tunnel: Any = None,
+                 retry_timeout: float = 60.0, max_payload_bytes: int = 16 * 1024 * 1024) -> None:
+        import os
+
+        super().__init__(max_payload_bytes)
+        self.token = token or os.environ.get("EQFLOW_SERVICE_TOKEN")
+        if not self.token:
+            raise ConfigError("ServiceTaskQueue needs a token (argument or $EQFLOW_SERVICE_TOKEN)")
+        self.tunnel = tunnel
+        if tunnel is not None:
+            tunnel.start()
+            url = f"http://127.0.0.1:{tunnel.local_port}"
+        if not url:
+            raise ConfigError("ServiceTaskQueue needs the service URL or a tunnel")
+        self.url = url.rstrip("/")
+        self.retry_timeout = retry_timeout
+        self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"},
+                                 timeout=httpx.Timeout(MAX_WAIT_S + 30, connect=10.0))
+
+    def close(self) -> None:
+        self.http.close()
+        if self.tunnel is not None:
+            self.tunnel.stop()
+
+    def _op(self, op: str, args: dict[str, Any], *, idempotent: bool = True) -> dict[str, Any]:
+        method, path = ROUTES[op]
+        if "{exp_id}" in path:
+            path = path.format(exp_id=httpx.URL(args.pop("exp_id")).raw_path.decode())
+        params = {k: v for k, v in args.items() if v is not None} if method == "GET" else None
+        body = args if method == "POST" else None
+        deadline = time.monotonic() + self.retry_timeout
+        delay = 0.1
+        while True:
+            try:
+                if self.tunnel is not None:
+                    self.tunnel.ensure()
+                response = self.http.request(method, path, params=params, json=body)
+                if response.status_code not in RETRY_STATUS:
+                    return self._decode(response)
+                problem: str = f"HTTP {response.status_code}"
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() >= deadline:
+                raise DatabaseUnavailable(f"service at {self.url} unreachable for {self.retry_timeout:.0f}s "
+                                          f"({problem})")
+            log.warning("retrying service call", extra={"op": op, "problem": problem})
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    @staticmethod
+    def _decode(response: httpx.Response) -> dict[str, Any]:
+        try:
+            data = response.json()
+        except ValueError:
+            raise EqflowError(f"service answered HTTP {response.status_code} with non-JSON: "
+                              f"{response.text[:200]!r}") from None
+        if response.status_code == 401:
+            raise AuthError(data.get("error", {}).get("message", "unauthorized"))
+        if response.status_code >= 400 or "error" in data:
+            raise_error(data.get("error", {"type": "EqflowError", "message": f"HTTP {response.status_code}"}))
+        return data  # type: ignore[no-any-return]

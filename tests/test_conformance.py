@@ -1,0 +1,114 @@
+"""One conformance suite, three transports: LocalTaskQueue, ServiceTaskQueue (through a real
+uvicorn server) and GCTaskQueue (through a local executor standing in for Globus Compute)."""
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from eqflow import InvalidInput, LocalTaskQueue, StopMode, TaskStatus, UnknownTask, as_completed
+from eqflow.gc_queue import GCTaskQueue
+from eqflow.service_queue import ServiceTaskQueue
+from tests.service_fixtures import TOKEN, ServiceProcess
+
+
+@pytest.fixture(params=["local", "service", "globus"])
+def tq(request, db_url):
+    if request.param == "local":
+        queue = LocalTaskQueue(db_url, migrate=False, safety_poll_s=1.0)
+        yield queue
+        queue.close()
+    elif request.param == "service":
+        service = ServiceProcess(db_url).start()
+        queue = ServiceTaskQueue(service.url, TOKEN)
+        yield queue
+        queue.close()
+        service.cleanup()
+    else:
+        with ThreadPoolExecutor(8) as executor:
+            queue = GCTaskQueue(executor, db_url)
+            yield queue
+            queue.close()
+
+
+def test_submit_claim_report_result(tq):
+    futs = tq.submit_many("conf", 1, ['{"a": 1}', '{"a": 2}'], priority=[1, 5], tag="t")
+    tasks = tq.claim(1, n=5, pool="p")
+    assert [t.payload for t in tasks] == ['{"a": 2}', '{"a": 1}']
+    assert tq.report([(t, "r" + t.payload) for t in tasks]) == {t.task_id for t in tasks}
+    assert sorted(f.result(timeout=10) for f in futs) == ['r{"a": 1}', 'r{"a": 2}']
+    assert futs[0].worker_pool == "p" and futs[0].tag == "t"
+
+
+def test_claim_waits_for_work(tq):
+    got = []
+    thread = threading.Thread(target=lambda: got.extend(tq.claim(2, timeout=15, pool="w")))
+    thread.start()
+    fut = tq.submit("conf", 2, "late")
+    thread.join(timeout=20)
+    assert [t.task_id for t in got] == [fut.task_id]
+
+
+def test_as_completed_with_n_and_batch(tq):
+    futs = tq.submit_many("conf", 3, [str(i) for i in range(6)])
+
+    def worker():
+        for task in tq.claim(3, n=6, pool="w", timeout=5):
+            tq.report([(task, task.payload)])
+
+    threading.Thread(target=worker).start()
+    first = list(as_completed(futs, n=2, timeout=20))
+    assert len(first) == 2
+    rest = list(as_completed(futs, batch_size=3, timeout=20))
+    assert sorted(f.result() for f in rest) == [str(i) for i in range(6)]
+
+
+def test_failure_retries_then_fails(tq):
+    fut = tq.submit("conf", 4, "x", max_attempts=2)
+    for expected in (TaskStatus.QUEUED, TaskStatus.FAILED):
+        [task] = tq.claim(4, pool="p")
+        assert tq.report_failure([(task, "boom")]) == {fut.task_id: expected}
+    assert fut.status is TaskStatus.FAILED and fut.exception() == "boom"
+
+
+def test_priorities_and_cancel(tq):
+    futs = tq.submit_many("conf", 5, ["a", "b", "c"])
+    assert tq.set_priorities(futs, [1, 3, 2]) == sorted(f.task_id for f in futs)
+    assert [f.priority for f in futs] == [1, 3, 2]
+    assert tq.cancel(futs[:1]) == [futs[0].task_id]
+    assert [t.payload for t in tq.claim(5, n=3, pool="p")] == ["b", "c"]
+    assert futs[0].status is TaskStatus.CANCELED
+
+
+def test_stats_reattach_and_leases(tq):
+    futs = tq.submit_many("conf-re", 6, ["a", "b"])
+    [task] = tq.claim(6, pool="p")
+    assert tq.extend_leases([task]) == {task.task_id}
+    assert tq.release([task]) == {task.task_id}
+    assert tq.stats("conf-re") == {6: {"queued": 2}}
+    assert tq.open_count(6) == 2
+    again = tq.experiment_futures("conf-re")
+    assert [f.task_id for f in again] == [f.task_id for f in futs]
+
+
+def test_stop_pools(tq, db_url):
+    local = LocalTaskQueue(db_url, migrate=False)
+    pool_id = local.register_pool("conf-pool", [7])
+    assert tq.stop_pools(7, StopMode.NOW) == ["conf-pool"]
+    assert local.pool_heartbeat(pool_id) is StopMode.NOW
+    assert [p.name for p in tq.pools(active_only=True)] == ["conf-pool"]
+    local.close()
+
+
+def test_errors_are_the_same_exceptions(tq):
+    with pytest.raises(UnknownTask):
+        tq.cancel([987654321])
+    with pytest.raises(UnknownTask):
+        tq.info([987654321])
+    with pytest.raises(InvalidInput):
+        tq.submit("conf", 8, 42)
+    with pytest.raises(InvalidInput):
+        tq.claim(8, n=0)
+    fut = tq.submit("conf", 8, json.dumps({"ok": True}))
+    assert fut.status is TaskStatus.QUEUED
