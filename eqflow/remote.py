@@ -28,7 +28,11 @@ def _claim(q: LocalTaskQueue, task_types: list[int], n: int = 1, pool: str = "de
 
 
 def _leases(tasks: list[dict[str, Any]]) -> list[ClaimedTask]:
-    return [ClaimedTask(int(t["task_id"]), "", 0, 0, "", None, 0, t.get("claim_id"), "") for t in tasks]
+    ids = validate.task_ids(t["task_id"] for t in tasks)
+    claims = [t.get("claim_id") for t in tasks]
+    if any(c is not None and not 0 <= c < 2**63 for c in claims):
+        raise errors.InvalidInput("claim ids must be None or 64-bit non-negative ints")
+    return [ClaimedTask(tid, "", 0, 0, "", None, 0, c, "") for tid, c in zip(ids, claims, strict=True)]
 
 
 def _info(q: LocalTaskQueue, task_ids: list[int]) -> dict[str, Any]:

@@ -88,6 +88,8 @@ def task_ids(items: Iterable[Any]) -> list[int]:
         tid = getattr(item, "task_id", item)
         if isinstance(tid, bool) or not isinstance(tid, int):
             raise InvalidInput(f"task ids must be ints (or futures), got {type(tid).__name__}")
+        if not 0 <= tid < 2**63:
+            raise InvalidInput(f"task id out of range: {tid}")
         ids.append(tid)
     return ids
 
