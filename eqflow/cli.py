@@ -42,7 +42,11 @@ def _bench(args: argparse.Namespace) -> int:
     def say(msg: str) -> None:
         print(f"[bench] {msg}", file=sys.stderr)
 
-    if args.suite == "pool":
+    if args.suite == "service":
+        from eqflow.bench import service_bench
+
+        figures = service_bench.run(args.url, n_e2e=args.tasks, workers=args.workers, progress=say)
+    elif args.suite == "pool":
         from eqflow.bench import pool_bench
 
         figures = pool_bench.run(args.url, progress=say)
@@ -96,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     db.set_defaults(func=_db)
 
     bench = sub.add_parser("bench", help="benchmarks; prints one JSON line")
-    bench.add_argument("suite", choices=["queue", "pool"])
+    bench.add_argument("suite", choices=["queue", "pool", "service"])
     bench.add_argument("--url", default=None, help="server to use (default: embedded)")
     bench.add_argument("--tasks", type=int, default=20_000, help="end-to-end tasks")
     bench.add_argument("--workers", type=int, default=4, help="end-to-end worker processes")

@@ -103,13 +103,10 @@ class Listener:
                     members.discard(inbox)
                     if not members:
                         del self._inboxes[key]
-            if not self._inboxes:
-                self._stop.set()  # nobody listening: let the thread and its connection go
 
     def close(self) -> None:
+        """Stop the thread and drop its connection (a later subscribe starts them again)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -158,18 +155,34 @@ _listeners: dict[str, Listener] = {}
 _registry_lock = threading.Lock()
 
 
+_users: dict[str, int] = {}
+
+
 def listener_for(url: str) -> Listener:
-    """The process's shared listener for ``url``."""
+    """The process's shared listener for ``url``; pair with release_listener()."""
     with _registry_lock:
         listener = _listeners.get(url)
         if listener is None:
             listener = _listeners[url] = Listener(url)
+        _users[url] = _users.get(url, 0) + 1
         return listener
+
+
+def release_listener(url: str) -> None:
+    """The last user of a listener gone, its thread and connection go too."""
+    with _registry_lock:
+        _users[url] = _users.get(url, 1) - 1
+        if _users[url] <= 0:
+            _users.pop(url, None)
+            listener = _listeners.pop(url, None)
+            if listener is not None:
+                listener.close()
 
 
 def _forget_after_fork() -> None:
     global _registry_lock
     _listeners.clear()  # threads do not survive fork; children start their own
+    _users.clear()
     _registry_lock = threading.Lock()
 
 

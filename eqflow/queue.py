@@ -21,7 +21,7 @@ from eqflow.db.resolve import resolve_url
 from eqflow.errors import InvalidInput, UnknownTask
 from eqflow.futures import Future, LocalCompletionWatch, as_completed, pop_completed
 from eqflow.models import ClaimedTask, PoolInfo, StopMode, TaskInfo, TaskStatus
-from eqflow.notify import Inbox, listener_for
+from eqflow.notify import Inbox, listener_for, release_listener
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class LocalTaskQueue:
         self.max_attempts = validate.count(max_attempts, "max_attempts", 1, 1000)
         self.db = Connector(self.url, max_size=pool_size, reconnect_timeout=reconnect_timeout)
         self._listener = listener_for(self.url)
+        self._closed = False
         self._work_inboxes: dict[tuple[int, ...], Inbox] = {}
         self._known_experiments: set[str] = set()
         self._last_rescue = 0.0
@@ -57,6 +58,9 @@ class LocalTaskQueue:
         for inbox in self._work_inboxes.values():
             inbox.close()
         self._work_inboxes.clear()
+        if not self._closed:
+            self._closed = True
+            release_listener(self.url)
         self.db.close()
 
     def __enter__(self) -> LocalTaskQueue:
@@ -95,7 +99,12 @@ class LocalTaskQueue:
         self._ensure_experiment(exp_id)
         params = {"exp_id": exp_id, "task_type": task_type, "payloads": checked, "priorities": priorities,
                   "tags": tags, "max_attempts": attempts}
-        if idempotency_key is None:
+        uniform = not isinstance(priority, (list, tuple)) and not isinstance(tag, (list, tuple))
+        if idempotency_key is None and uniform:
+            rows = self.db.fetch_all("submit_tasks_uniform", {
+                "exp_id": exp_id, "task_type": task_type, "payloads": checked, "priority": priorities[0],
+                "tag": tags[0], "max_attempts": attempts}, idempotent=False, binary=True)
+        elif idempotency_key is None:
             rows = self.db.fetch_all("submit_tasks", params, idempotent=False)
         else:
             params["idem_key"] = validate.text(idempotency_key, "idempotency_key", 200)

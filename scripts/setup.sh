@@ -19,14 +19,21 @@ if ! have_initdb; then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
 fi
 
-# The test suite runs a real single-node SLURM cluster: `setup.sh --with-slurm` installs it.
-if [ "${1:-}" = "--with-slurm" ] && ! command -v slurmctld >/dev/null 2>&1; then
-    if [ "$(id -u)" -eq 0 ]; then
-        echo "[setup] installing slurm-wlm and munge for the SLURM launcher tests"
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
-    else
-        echo "[setup] not root: SLURM tests will be skipped (apt-get install slurm-wlm munge to run them)"
+# The test suite runs a real single-node SLURM cluster and a real sshd:
+# `setup.sh --with-test-services` installs them (Debian's slurm-wlm, munge, openssh-server).
+if [ "${1:-}" = "--with-test-services" ]; then
+    missing=""
+    command -v slurmctld >/dev/null 2>&1 || missing="$missing slurm-wlm munge"
+    [ -x /usr/sbin/sshd ] || command -v sshd >/dev/null 2>&1 || missing="$missing openssh-server"
+    if [ -n "$missing" ]; then
+        if [ "$(id -u)" -eq 0 ]; then
+            echo "[setup] installing$missing for the launcher and tunnel tests"
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq
+            # shellcheck disable=SC2086
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+        else
+            echo "[setup] not root: the SLURM and sshd tests will be skipped (they need:$missing)"
+        fi
     fi
 fi
 

@@ -17,6 +17,14 @@ FROM unnest(%(payloads)s::text[], %(priorities)s::integer[], %(tags)s::text[])
 ORDER BY p.ord
 RETURNING task_id;
 
+-- name: submit_tasks_uniform
+-- submit_tasks when every task has the same priority and tag: one array to ship, not three.
+INSERT INTO tasks (exp_id, task_type, payload, priority, tag, max_attempts)
+SELECT %(exp_id)s, %(task_type)s, p.payload, %(priority)s, %(tag)s, %(max_attempts)s
+FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS p(payload, ord)
+ORDER BY p.ord
+RETURNING task_id;
+
 -- name: claim_one_type
 WITH picked AS (
     SELECT task_id FROM tasks

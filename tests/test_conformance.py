@@ -112,3 +112,29 @@ def test_errors_are_the_same_exceptions(tq):
         tq.claim(8, n=0)
     fut = tq.submit("conf", 8, json.dumps({"ok": True}))
     assert fut.status is TaskStatus.QUEUED
+
+
+def test_task_queues_config_picks_the_transport(db_url):
+    from eqflow.errors import ConfigError
+    from eqflow.remote import RemoteTaskQueue
+    from eqflow.task_queues import make_task_queue
+
+    local = make_task_queue("q", {"type": "local", "db": db_url})
+    assert isinstance(local, LocalTaskQueue)
+    local.close()
+    service = ServiceProcess(db_url).start()
+    try:
+        remote = make_task_queue("q", {"type": "service", "url": service.url, "token": TOKEN})
+        assert isinstance(remote, ServiceTaskQueue) and remote.open_count() == 0
+        remote.close()
+    finally:
+        service.cleanup()
+    with ThreadPoolExecutor(2) as executor:
+        gc = make_task_queue("q", {"type": "globus", "executor": executor, "db": db_url})
+        assert isinstance(gc, RemoteTaskQueue) and gc.open_count() == 0
+    for entry, message in [({"type": "kafka"}, "expected local, service or globus"),
+                           ({"type": "local", "dbs": 1}, "unknown key"),
+                           ({"type": "service"}, "needs url or tunnel"),
+                           ({"type": "service", "tunnel": {"host": "x"}}, "needs at least host and remote_port")]:
+        with pytest.raises(ConfigError, match=message):
+            make_task_queue("q", entry)

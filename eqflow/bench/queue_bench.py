@@ -39,8 +39,17 @@ def bench_database(url: str | None) -> str:
     return bench_url
 
 
-def _drain(url: str, task_type: int, batch: int, stop: Any, ready: Any) -> None:
-    queue = LocalTaskQueue(url, migrate=False, pool_size=1)
+def open_queue(target: str | tuple[str, str]) -> Any:
+    """A database URL, or (service URL, token) for the EMEWS service."""
+    if isinstance(target, tuple):
+        from eqflow.service_queue import ServiceTaskQueue
+
+        return ServiceTaskQueue(target[0], target[1])
+    return LocalTaskQueue(target, migrate=False, pool_size=1)
+
+
+def _drain(target: str | tuple[str, str], task_type: int, batch: int, stop: Any, ready: Any) -> None:
+    queue = open_queue(target)
     pool = f"bench-{os.getpid()}"
     ready.release()
     while not stop.is_set():
@@ -50,7 +59,7 @@ def _drain(url: str, task_type: int, batch: int, stop: Any, ready: Any) -> None:
     queue.close()
 
 
-def _start_workers(url: str, task_type: int, count: int, batch: int) -> tuple[list[Any], Any]:
+def _start_workers(url: Any, task_type: int, count: int, batch: int) -> tuple[list[Any], Any]:
     ctx = mp.get_context("spawn")
     stop, ready = ctx.Event(), ctx.Semaphore(0)
     procs = [ctx.Process(target=_drain, args=(url, task_type, batch, stop, ready), daemon=True)
@@ -78,12 +87,13 @@ def bench_submit(queue: LocalTaskQueue, n: int, repeats: int = 3) -> float:
     return n / best
 
 
-def bench_end_to_end(queue: LocalTaskQueue, n: int, workers: int, batch: int) -> float:
-    procs, stop = _start_workers(queue.url, 10, workers, batch)
+def bench_end_to_end(queue: Any, n: int, workers: int, batch: int, target: Any = None,
+                     task_type: int = 10) -> float:
+    procs, stop = _start_workers(target or queue.url, task_type, workers, batch)
     try:
         payloads = ["{}"] * n
         t0 = time.perf_counter()
-        futures = queue.submit_many(EXP, 10, payloads)
+        futures = queue.submit_many(EXP, task_type, payloads)
         got = sum(1 for _ in queue.as_completed(futures, timeout=600))
         elapsed = time.perf_counter() - t0
     finally:
@@ -104,13 +114,13 @@ def bench_reprioritize(queue: LocalTaskQueue, n: int, repeats: int = 3) -> float
     return n / best
 
 
-def bench_latency(queue: LocalTaskQueue, rounds: int) -> tuple[float, float]:
-    procs, stop = _start_workers(queue.url, 30, 1, 1)
+def bench_latency(queue: Any, rounds: int, target: Any = None, task_type: int = 30) -> tuple[float, float]:
+    procs, stop = _start_workers(target or queue.url, task_type, 1, 1)
     samples = []
     try:
         for i in range(rounds + 10):
             t0 = time.perf_counter()
-            fut = queue.submit(EXP, 30, str(i))
+            fut = queue.submit(EXP, task_type, str(i))
             fut.result(timeout=30)
             if i >= 10:  # warm-up rounds excluded
                 samples.append(time.perf_counter() - t0)

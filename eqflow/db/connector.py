@@ -69,8 +69,10 @@ class Connector:
         finally:
             self._pool.putconn(conn)
 
-    def fetch_all(self, name: str, params: Params, *, idempotent: bool = True) -> list[tuple[Any, ...]]:
-        return self._run(name, params, idempotent, lambda cur: cur.fetchall())
+    def fetch_all(self, name: str, params: Params, *, idempotent: bool = True,
+                  binary: bool = False) -> list[tuple[Any, ...]]:
+        """binary: send parameters in binary format (cheaper for large arrays)."""
+        return self._run(name, params, idempotent, lambda cur: cur.fetchall(), binary)
 
     def fetch_one(self, name: str, params: Params, *, idempotent: bool = True) -> tuple[Any, ...] | None:
         return self._run(name, params, idempotent, lambda cur: cur.fetchone())
@@ -83,14 +85,14 @@ class Connector:
         with self.connection() as conn, _translated(), conn.transaction():
             conn.execute(sql)  # trusted text from sql/, no parameters
 
-    def _run(self, name: str, params: Params, idempotent: bool, read: Any) -> Any:
+    def _run(self, name: str, params: Params, idempotent: bool, read: Any, binary: bool = False) -> Any:
         sql = query(name)
         deadline = time.monotonic() + self.reconnect_timeout
         delay = 0.05
         while True:
             with self.connection() as conn:
                 try:
-                    with _translated(), conn.cursor() as cur:
+                    with _translated(), conn.cursor(binary=binary) as cur:
                         cur.execute(sql, params, prepare=True)
                         return read(cur)
                 except _ConnectionLost as lost:
