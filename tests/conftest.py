@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from eqflow import notify
 from eqflow.db.embedded import EmbeddedPostgres
 from eqflow.db.migrate import upgrade
 from eqflow.queue import LocalTaskQueue
@@ -38,6 +39,8 @@ def pg_cluster() -> Iterator[EmbeddedPostgres | None]:
     cluster = EmbeddedPostgres(home)
     cluster.ensure_running()
     yield cluster
+    for listener in list(notify._listeners.values()):  # queues a test left open: stop listening first
+        listener.close()
     cluster.reset()
     shutil.rmtree(home, ignore_errors=True)
 
