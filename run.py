@@ -1,9 +1,11 @@
-"""eqflow demo ME: submit Ackley tasks, run a local pool, gather results as they complete.
+"""eqflow's Ackley/GPR model exploration.
 
-    python run.py <exp_id> cfgs/local.yaml
+    python run.py <exp_id> cfgs/local.yaml [--fifo-baseline] [--dynamic-scaling]
 
-Running it again with the same exp_id re-attaches to that experiment's tasks instead of
-submitting new ones.
+Samples points, evaluates them as Ackley tasks on worker pools, retrains a Gaussian-process
+surrogate every `retrain_after` results and reprioritizes every queued point by it, adding
+pools as it goes. Running again with an existing exp_id re-attaches and continues. Outputs
+(tasks.csv, summary.json, best_so_far.png, queue_and_pools.png) go to <output_dir>/<exp_id>/.
 """
 
 from __future__ import annotations
@@ -11,89 +13,62 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import random
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
-import yaml
-from tqdm import tqdm
-
-from eqflow import LocalTaskQueue, TaskStatus
-from eqflow.errors import ConfigError
-
-REQUIRED = {"task_type": int, "n_tasks": int, "sample_dimensions": int, "pool": dict}
+from eqflow.config import load_workflow_config
+from eqflow.errors import ConfigError, EqflowError
+from eqflow.task_queues import make_task_queue
+from eqflow.workflows.ackley_gpr import AckleyGPR
+from eqflow.workflows.plots import plot_best, plot_trace
 
 
-def load_config(path: Path) -> dict[str, Any]:
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    for key, kind in REQUIRED.items():
-        if not isinstance(cfg.get(key), kind):
-            raise ConfigError(f"{path}: key {key!r} must be a {kind.__name__}, got {cfg.get(key)!r}")
-    return cfg
-
-
-def start_pool(queue: LocalTaskQueue, cfg: dict[str, Any], exp_id: str) -> subprocess.Popen[bytes]:
-    pool = cfg["pool"]
-    cmd = [sys.executable, "-m", "eqflow.workers.pool", "--types", str(cfg["task_type"]),
-           "--fn", pool.get("fn", "eqflow.workers.tasks:ackley"), "--name", f"{exp_id}-pool",
-           "--workers", str(pool.get("workers", 1)), "--batch-size", str(pool.get("batch_size", 0))]
-    env = dict(os.environ, EQFLOW_DB_URL=queue.url)
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def open_queue(cfg, name: str):  # type: ignore[no-untyped-def]
+    entry = dict(cfg.task_queues[name])
+    if entry.get("type") == "local" and entry.get("db") in cfg.dbs:
+        entry["db"] = cfg.db_url(entry["db"])  # a dbs: name -> its URL (None: embedded)
+    return make_task_queue(name, entry)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("exp_id", help="experiment id; an existing one is resumed")
     parser.add_argument("config", type=Path, help="YAML config, e.g. cfgs/local.yaml")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for the sample points")
+    parser.add_argument("--fifo-baseline", action="store_true",
+                        help="also run the same points in plain FIFO order (<exp_id>-fifo) and plot both")
+    scaling = parser.add_mutually_exclusive_group()
+    scaling.add_argument("--dynamic-scaling", dest="dynamic", action="store_true", default=None,
+                         help="start/stop pools from queue depth and free resources (scaling: in the config)")
+    scaling.add_argument("--no-dynamic-scaling", dest="dynamic", action="store_false",
+                         help="pools on the fixed schedule (extra_pools_after_retrain)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        cfg = load_config(args.config)
+        cfg = load_workflow_config(args.config)
+        queue = open_queue(cfg, cfg.tasks["ackley"].queue)
     except ConfigError as exc:
         print(f"run.py: {exc}", file=sys.stderr)
         return 2
-
-    queue = LocalTaskQueue(cfg.get("db_url"))
-    futures = queue.experiment_futures(args.exp_id)
-    if futures:
-        print(f"re-attached to {args.exp_id}: {len(futures)} tasks")
-    else:
-        queue.create_experiment(args.exp_id, cfg)
-        rng = random.Random(args.seed)
-        points = [[rng.uniform(-32.768, 32.768) for _ in range(cfg["sample_dimensions"])]
-                  for _ in range(cfg["n_tasks"])]
-        futures = queue.submit_many(args.exp_id, cfg["task_type"],
-                                    [json.dumps({"x": p, "delay": cfg.get("delay", 0.0)}) for p in points])
-    pending = [f for f in futures if not f.done()]
-    pool = start_pool(queue, cfg, args.exp_id) if pending else None
-    best = float("inf")
-    failed = 0
     try:
-        with tqdm(total=len(futures), desc=args.exp_id, unit="task") as bar:
-            for fut in queue.as_completed(futures, timeout=600):
-                if fut.status is TaskStatus.COMPLETE:
-                    best = min(best, json.loads(fut.result())["y"])
-                else:
-                    failed += 1
-                bar.set_postfix(best=f"{best:.4f}", failed=failed)
-                bar.update()
+        run = AckleyGPR(cfg, args.exp_id, queue, dynamic_scaling=args.dynamic, progress=not args.no_progress).run()
+        curves = {"reprioritized": [run.values[i] for i in run.order]}
+        if args.fifo_baseline:
+            fifo = AckleyGPR(cfg, f"{args.exp_id}-fifo", queue, reprioritize=False,
+                             progress=not args.no_progress).run()
+            curves["FIFO"] = [fifo.values[i] for i in fifo.order]
+        out = Path(cfg.output_dir) / args.exp_id
+        plot_best(out, curves)
+        plot_trace(out, run.trace)
+    except EqflowError as exc:
+        print(f"run.py: {exc}", file=sys.stderr)
+        return 1
     finally:
-        if pool is not None:
-            pool.terminate()  # SIGTERM: the pool returns any unfinished task to the queue
-            pool.wait(timeout=30)
-    print(json.dumps({"exp_id": args.exp_id, "tasks": len(futures), "failed": failed, "best": best}))
-    queue.close()
+        queue.close()
+    summary = json.loads((out / "summary.json").read_text())
+    print(json.dumps({**summary, "output": str(out)}))
     return 0
 
 
