@@ -49,6 +49,7 @@ class PoolConfig(Model):
     queue: str | None = None
     project: str | None = None
     setup: list[str] = Field(default_factory=list, description="lines run before the pool in a job script")
+    idle_exit: float | None = Field(300.0, description="a pool idle this long exits (an orphan after a crash too)")
     gc_endpoint: str | None = Field(None, description="gc_endpoints entry that launches it (type globus)")
     remote_launcher: Literal["slurm", "pbs"] = "slurm"
 

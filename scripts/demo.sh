@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python run.py "${1:-demo-$(date +%Y%m%d-%H%M%S)}" "${2:-cfgs/local.yaml}"
+exec .venv/bin/python run.py "${1:-demo-$(date +%Y%m%d-%H%M%S)}" "${2:-cfgs/local.yaml}" --fifo-baseline

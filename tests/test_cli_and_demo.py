@@ -46,29 +46,25 @@ def test_embedded_db_lifecycle_in_its_own_home(tmp_path_factory):
         run(cli + ["reset", "--home", home, "--yes"])
 
 
-def test_demo_runs_end_to_end_and_resumes(db_url, tmp_path):
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text("task_type: 0\nn_tasks: 12\nsample_dimensions: 3\ndelay: 0\n"
-                   "pool: {workers: 2, fn: 'eqflow.workers.tasks:ackley'}\n")
-    out = run([sys.executable, "run.py", "demo-test", str(cfg)], env_url=db_url)
-    assert out.returncode == 0, out.stderr
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
-    assert summary["tasks"] == 12 and summary["failed"] == 0 and summary["best"] < 25
-    again = run([sys.executable, "run.py", "demo-test", str(cfg)], env_url=db_url)
-    assert "re-attached to demo-test: 12 tasks" in again.stdout
-    assert json.loads(again.stdout.strip().splitlines()[-1])["best"] == summary["best"]
-
-
 @pytest.mark.parametrize("text,expected", [
-    ("task_type: zero\nn_tasks: 3\nsample_dimensions: 2\npool: {}\n", "key 'task_type' must be a int"),
+    ("pools: {}\ntasks: {}\n", "tasks: Value error, tasks: needs an 'ackley' entry"),
     ("[1, 2", "not valid YAML"),
+    ("pools: {p: {fn: 'm:f'}}\ntasks: {ackley: {type: zero, pools: [p]}}\n", "tasks.ackley.type"),
+    ("pools: {p: {fn: 'm:f'}}\ntasks: {ackley: {type: 0, pools: [q]}}\n", "tasks.ackley.pools: no pool named 'q'"),
+    ("pools: {p: {fn: 'm:f', workers: '${NOPE_NOT_SET}'}}\ntasks: {}\n", "pools.p.workers: ${NOPE_NOT_SET} is not set"),
 ])
 def test_broken_config_names_file_and_key(tmp_path, text, expected):
     cfg = tmp_path / "broken.yaml"
     cfg.write_text(text)
     out = run([sys.executable, "run.py", "x", str(cfg)])
     assert out.returncode == 2
-    assert str(cfg) in out.stderr and expected in out.stderr
+    assert str(cfg) in out.stderr and expected in out.stderr, out.stderr
+
+
+def test_run_py_help_explains_every_option():
+    out = run([sys.executable, "run.py", "--help"])
+    for option in ("--fifo-baseline", "--dynamic-scaling", "--no-dynamic-scaling", "--no-progress", "exp_id"):
+        assert option in out.stdout
 
 
 def test_non_editable_install_maps_packages_under_eqflow(tmp_path):

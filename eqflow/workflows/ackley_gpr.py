@@ -128,6 +128,7 @@ class AckleyGPR:
         launcher = make_launcher(pool, self.cfg, self.out, self.executors)
         spec = PoolSpec([self.cfg.tasks[task].type], fn=pool.fn, cmd=pool.cmd, name=f"{self.exp_id}-{name}",
                         workers=pool.workers, batch_size=pool.batch_size, threshold=pool.threshold,
+                        idle_exit=pool.idle_exit,
                         db_url=getattr(self.queue, "url", None) if pool.type == "local" else None)
         job = launcher.start(spec)
         self.jobs.append((launcher, job))
@@ -235,8 +236,12 @@ class AckleyGPR:
         return from_text(answer["model"])
 
     def _finish(self, controller: Any, futures: list[Future]) -> None:
-        """Stop our pools (unfinished tasks go back to the queue), then cancel what is left
-        when the run reached num_guesses."""
+        """At num_guesses: cancel what is still queued (so pools take no more), stop our pools
+        (they give back what they hold), and cancel that too. Otherwise (an error, Ctrl-C):
+        stop the pools and leave the queue as it is, to resume later."""
+        finished = len(self.run_record.values) >= min(self.cfg.num_guesses, len(futures))
+        if finished:
+            self._cancel_open(futures)
         if controller is not None:
             controller.shutdown()
         for launcher, job in self.jobs:
@@ -245,10 +250,13 @@ class AckleyGPR:
         for launcher, job in self.jobs:
             while not launcher.status(job).finished and time.monotonic() < deadline:
                 time.sleep(0.1)
-        if len(self.run_record.values) >= min(self.cfg.num_guesses, len(futures)):
-            queued = [f for f in futures if not f._final]
-            if queued:
-                self.queue.cancel(queued)
+        if finished:
+            self._cancel_open(futures)
+
+    def _cancel_open(self, futures: list[Future]) -> None:
+        open_ = [f for f in futures if not f._final]
+        if open_:
+            self.queue.cancel(open_)
 
     # -- outputs -----------------------------------------------------------------------------------
     def _write_outputs(self, futures: list[Future], index: dict[int, int]) -> None:

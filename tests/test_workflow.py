@@ -1,0 +1,138 @@
+"""The Ackley/GPR workflow end to end on a real database, with real pools."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eqflow import LocalTaskQueue, StopMode, TaskStatus
+from eqflow.config import load_workflow_config
+from eqflow.workflows.ackley_gpr import AckleyGPR
+from eqflow.workflows.gpr import priorities, scores
+from tests.conftest import sql
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(tmp_path, db_url, **overrides):
+    cfg = yaml.safe_load((ROOT / "cfgs" / "local.yaml").read_text())
+    cfg["dbs"] = {"main": {"type": "url", "url": db_url}}
+    cfg.update({"search_space_size": 40, "num_guesses": 40, "retrain_after": 8, "runtime": 0.005,
+                "runtime_var": 0.3, "output_dir": str(tmp_path / "out"),
+                "proxystore": {"type": "file", "path": str(tmp_path / "ps")}, **overrides})
+    for pool in cfg["pools"].values():
+        pool["idle_exit"] = 20
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_py(*args, **kw):
+    return subprocess.run([sys.executable, "run.py", *args, "--no-progress"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, **kw)
+
+
+def stop_all_pools(db_url):
+    queue = LocalTaskQueue(db_url, migrate=False)
+    queue.stop_pools([0, 1], StopMode.NOW)
+    queue.close()
+
+
+def test_full_workflow_adds_pools_that_really_claim_and_writes_outputs(tmp_path, db_url):
+    cfg = tiny_config(tmp_path, db_url, extra_pools_after_retrain=[1, 2], runtime=0.2, runtime_var=0.1)
+    out = run_py("wf", str(cfg), "--fifo-baseline")
+    stop_all_pools(db_url)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["evaluated"] == 40 and summary["retrains"] == 4 and summary["pools_started"] == 3
+    folder = Path(summary["output"])
+    with open(folder / "tasks.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 40 and {r["status"] for r in rows} == {"complete"}
+    pools = {r["pool"] for r in rows}
+    assert len(pools) >= 2, f"a pool added mid-run claimed nothing: {pools}"
+    assert any(json.loads(r["priority_history"]) for r in rows)  # queued points were reprioritized
+    for png in ("best_so_far.png", "queue_and_pools.png"):
+        assert (folder / png).stat().st_size > 10_000
+    fifo = json.loads((tmp_path / "out" / "wf-fifo" / "summary.json").read_text())
+    assert fifo["retrains"] == 0 and fifo["evaluated"] == 40
+
+
+def test_retrain_as_a_task_through_proxystore(tmp_path, db_url):
+    cfg = tiny_config(tmp_path, db_url, reprioritize_endpoint="pool", extra_pools_after_retrain=[])
+    out = run_py("wf-remote", str(cfg))
+    stop_all_pools(db_url)
+    assert out.returncode == 0, out.stderr
+    rows = sql(db_url, "SELECT status::text, length(payload), result FROM tasks WHERE task_type = 1")
+    assert len(rows) == 4 and {r[0] for r in rows} == {"complete"}
+    assert all(r[1] < 4000 for r in rows)  # the training data travel by reference, not inline
+    assert all("model" in json.loads(r[2]) for r in rows)
+    assert list((tmp_path / "ps").iterdir())  # the file store holds data and models
+
+
+def test_resume_after_kill_loses_nothing_and_repeats_nothing(tmp_path, db_url):
+    cfg = tiny_config(tmp_path, db_url, runtime=0.1, runtime_var=0.1, extra_pools_after_retrain=[])
+    proc = subprocess.Popen([sys.executable, "run.py", "resume", str(cfg), "--no-progress"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        done = sql(db_url, "SELECT count(*) FROM tasks WHERE task_type = 0 AND status = 'complete'")[0][0]
+        if done >= 10:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stop_all_pools(db_url)  # the killed run's pools are told to stop; what they hold goes back
+    out = run_py("resume", str(cfg))
+    stop_all_pools(db_url)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["evaluated"] == 40
+    rows = sql(db_url, "SELECT status::text, count(*) FROM tasks WHERE task_type = 0 GROUP BY 1")
+    assert rows == [("complete", 40)]  # nothing submitted twice, nothing lost
+
+
+def test_num_guesses_stops_early_and_cancels_the_rest(tmp_path, db_url):
+    cfg = load_workflow_config(tiny_config(tmp_path, db_url, num_guesses=12, runtime=0.1, runtime_var=0.1,
+                                           extra_pools_after_retrain=[]))
+    queue = LocalTaskQueue(db_url, migrate=False)
+    try:
+        run = AckleyGPR(cfg, "early", queue, progress=False).run()
+    finally:
+        stop_all_pools(db_url)
+        queue.close()
+    assert len(run.values) >= 12
+    statuses = dict(sql(db_url, "SELECT status::text, count(*) FROM tasks WHERE task_type = 0 GROUP BY 1"))
+    assert statuses.get("queued", 0) == 0 and statuses["canceled"] > 0
+
+
+def test_acquisitions_rank_points():
+    import numpy as np
+
+    from eqflow.workflows.gpr import fit
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-5, 5, size=(30, 2))
+    y = (x ** 2).sum(axis=1)
+    model = fit(x, y)
+    near, far = np.array([[0.1, 0.1]]), np.array([[4.5, 4.5]])
+    for kind in ("mean", "ucb", "ei"):
+        s = scores(model, np.vstack([near, far]), kind, float(y.min()))
+        assert s[0] > s[1], kind
+    assert priorities(np.array([0.5, 2.0, -1.0])) == [1, 2, 0]
+    with pytest.raises(ValueError, match="unknown acquisition"):
+        scores(model, near, "pi", 0.0)
+
+
+def test_queue_status_enum_is_used(db_url):
+    assert TaskStatus.COMPLETE.final and os.path.exists(ROOT / "cfgs" / "cluster_example.yaml")
+    load_workflow_config(ROOT / "cfgs" / "local_full.yaml")
+    os.environ.setdefault("EQFLOW_SERVICE_TOKEN", "x")
+    load_workflow_config(ROOT / "cfgs" / "cluster_example.yaml")
