@@ -30,6 +30,18 @@ def open_queue(cfg, name: str):  # type: ignore[no-untyped-def]
     return make_task_queue(name, entry)
 
 
+def run_db_commands(cfg, which: str) -> None:  # type: ignore[no-untyped-def]
+    """dbs.<name>.start / .stop: shell commands (with ${var} already substituted)."""
+    import subprocess
+
+    for name, db in cfg.dbs.items():
+        command = getattr(db, which)
+        if command:
+            proc = subprocess.run(command, shell=True, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise ConfigError(f"dbs.{name}.{which} failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("exp_id", help="experiment id; an existing one is resumed")
@@ -48,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         cfg = load_workflow_config(args.config)
+        run_db_commands(cfg, "start")
         queue = open_queue(cfg, cfg.tasks["ackley"].queue)
     except ConfigError as exc:
         print(f"run.py: {exc}", file=sys.stderr)
@@ -67,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         queue.close()
+        run_db_commands(cfg, "stop")
     summary = json.loads((out / "summary.json").read_text())
     print(json.dumps({**summary, "output": str(out)}))
     return 0

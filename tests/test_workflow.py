@@ -65,6 +65,19 @@ def test_full_workflow_adds_pools_that_really_claim_and_writes_outputs(tmp_path,
     assert fifo["retrains"] == 0 and fifo["evaluated"] == 40
 
 
+def test_db_start_and_stop_commands_run_around_the_workflow(tmp_path, db_url):
+    marker = tmp_path / "db.log"
+    cfg = tiny_config(tmp_path, db_url, search_space_size=4, num_guesses=4, extra_pools_after_retrain=[],
+                      variables={"log": str(marker)})
+    text = yaml.safe_load(cfg.read_text())
+    text["dbs"]["main"].update(start="echo started >> ${log}", stop="echo stopped >> ${log}")
+    cfg.write_text(yaml.safe_dump(text))
+    out = run_py("dbcmds", str(cfg))
+    stop_all_pools(db_url)
+    assert out.returncode == 0, out.stderr
+    assert marker.read_text().split() == ["started", "stopped"]
+
+
 def test_retrain_as_a_task_through_proxystore(tmp_path, db_url):
     cfg = tiny_config(tmp_path, db_url, reprioritize_endpoint="pool", extra_pools_after_retrain=[])
     out = run_py("wf-remote", str(cfg))
