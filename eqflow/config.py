@@ -155,13 +155,15 @@ def load_workflow_config(path: str | Path) -> WorkflowConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     variables = {k: str(v) for k, v in (raw.get("variables") or {}).items()}
-    raw = {k: (substitute(v, variables, k) if k != "variables" else v) for k, v in raw.items()}
+    raw = {k: (substitute(v, variables, f"{path}: {k}") if k != "variables" else v) for k, v in raw.items()}
     try:
         return WorkflowConfig.model_validate(raw)
     except ValidationError as exc:
         problems = []
         for err in exc.errors()[:8]:
-            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            problems.append(f"{key}: {err['msg']}" + (f" (got {err['input']!r})" if err["type"] != "missing"
-                                                     and not isinstance(err.get("input"), dict) else ""))
+            key = ".".join(str(p) for p in err["loc"])
+            message = err["msg"].removeprefix("Value error, ")
+            shown = err["type"] != "missing" and not isinstance(err.get("input"), dict)
+            got = f" (got {err['input']!r})" if shown else ""
+            problems.append(f"{key}: {message}{got}" if key else message)
         raise ConfigError(f"{path}: " + "; ".join(problems)) from None

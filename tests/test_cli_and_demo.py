@@ -47,7 +47,7 @@ def test_embedded_db_lifecycle_in_its_own_home(tmp_path_factory):
 
 
 @pytest.mark.parametrize("text,expected", [
-    ("pools: {}\ntasks: {}\n", "tasks: Value error, tasks: needs an 'ackley' entry"),
+    ("pools: {}\ntasks: {}\n", "tasks: needs an 'ackley' entry"),
     ("[1, 2", "not valid YAML"),
     ("pools: {p: {fn: 'm:f'}}\ntasks: {ackley: {type: zero, pools: [p]}}\n", "tasks.ackley.type"),
     ("pools: {p: {fn: 'm:f'}}\ntasks: {ackley: {type: 0, pools: [q]}}\n", "tasks.ackley.pools: no pool named 'q'"),

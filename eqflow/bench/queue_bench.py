@@ -35,7 +35,7 @@ def bench_database(url: str | None) -> str:
     bench_url = psycopg.conninfo.make_conninfo(base, dbname="eqflow_bench")
     upgrade(bench_url)
     with psycopg.connect(bench_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE tasks, pools, experiments")
+        conn.execute("TRUNCATE tasks, pools, experiments, submissions, scaling_decisions")
     return bench_url
 
 

@@ -107,6 +107,8 @@ class AckleyGPR:
         self.jobs: list[tuple[Launcher, str]] = []
         self.run_record = Run(exp_id)
         self._store: Any = None
+        if reprioritize and cfg.reprioritize_endpoint == "local":
+            import sklearn.gaussian_process  # noqa: F401 - a second to import: not in the first retrain
 
     # -- setup ------------------------------------------------------------------------------------
     def _submit_or_attach(self) -> list[Future]:
