@@ -78,3 +78,15 @@ def sql(url: str, statement: str, params: tuple[object, ...] = ()) -> list[tuple
     with psycopg.connect(url, autocommit=True) as conn:
         cur = conn.execute(statement, params)  # type: ignore[arg-type]
         return cur.fetchall() if cur.description else []
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+    """Poll a condition of the outside world (a process, a scheduler) until true or timeout."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False

@@ -3,7 +3,6 @@
 import json
 import os
 import stat
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -22,18 +21,11 @@ from eqflow.workers.launchers import (
     wait,
 )
 from tests import slurm_cluster
-from tests.conftest import sql
+from tests.conftest import sql, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def wait_for(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_local_launcher_runs_and_cancels_a_pool(queue, db_url):

@@ -11,7 +11,7 @@ import pytest
 
 from eqflow import StopMode, TaskStatus, as_completed
 from eqflow.workers.gpu import slot_devices
-from tests.conftest import sql
+from tests.conftest import sql, wait_for
 
 
 def start_pool(db_url, *args, env=None):
@@ -20,13 +20,6 @@ def start_pool(db_url, *args, env=None):
                             stderr=subprocess.PIPE, text=True)
 
 
-def wait_for(predicate, timeout=30.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def test_pool_runs_functions_and_reports_failures_with_tracebacks(queue, db_url):

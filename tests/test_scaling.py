@@ -1,12 +1,11 @@
 """The scaling controller, driven by a real queue and real pool processes."""
 
 import json
-import time
 
 from eqflow.resources import GpuState, ResourceProbe
 from eqflow.scaling import ScalingConfig, ScalingController, TypeScaling
 from eqflow.workers.launchers import PoolSpec
-from tests.conftest import sql
+from tests.conftest import sql, wait_for
 
 
 def permissive(types, **kw):
@@ -14,13 +13,6 @@ def permissive(types, **kw):
                          min_system_memory_gib=0, **kw)
 
 
-def wait_for(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_backlog_grows_pools_to_max_then_empty_queue_shrinks_to_min(queue, db_url):

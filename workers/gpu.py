@@ -10,18 +10,9 @@ def detect_gpus() -> list[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
-    try:
-        import pynvml  # nvidia-ml-py
-    except ImportError:
-        return []
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return []
-    try:
-        return [str(i) for i in range(pynvml.nvmlDeviceGetCount())]
-    finally:
-        pynvml.nvmlShutdown()
+    from eqflow.resources import ResourceProbe
+
+    return [str(gpu.index) for gpu in ResourceProbe().gpus()]
 
 
 def slot_devices(gpus: list[str], workers_per_gpu: int, n_workers: int | None = None) -> list[str]:

@@ -213,25 +213,39 @@ SLURM_STATES = {
 }
 
 
-class SlurmLauncher:
+class _BatchLauncher:
+    """What SLURM and PBS launchers share: a job spec, a bin folder, a script from a template."""
+
+    template = ""
+    directive = ""
+
+    def __init__(self, job: JobSpec, bin_dir: str | None = None) -> None:
+        self.job = job
+        self.bin_dir = bin_dir
+
+    def bin(self, name: str) -> str:
+        return str(Path(self.bin_dir) / name) if self.bin_dir else name
+
+    def queue_lines(self) -> list[str]:
+        raise NotImplementedError
+
+    def script(self, pool: PoolSpec) -> str:
+        lines = self.queue_lines() + [f"{self.directive} {d}" for d in self.job.directives]
+        return render_script(self.template, JobSpec(**{**asdict(self.job), "directives": []}), pool,
+                             self.directive, {"directives": "\n".join(lines)})
+
+
+class SlurmLauncher(_BatchLauncher):
     """``sbatch`` a script filled from workers/templates/sbatch.sh; ``squeue``/``sacct`` for
     status (``scontrol`` where accounting is off); ``scancel``."""
 
     kind = "slurm"
+    template = "sbatch.sh"
+    directive = "#SBATCH"
 
-    def __init__(self, job: JobSpec, bin_dir: str | None = None) -> None:
-        self.job = job
-        self.bin = (lambda name: str(Path(bin_dir) / name)) if bin_dir else (lambda name: name)
-
-    def script(self, pool: PoolSpec) -> str:
-        lines = []
-        if self.job.queue:
-            lines.append(f"#SBATCH --partition={self.job.queue}")
-        if self.job.project:
-            lines.append(f"#SBATCH --account={self.job.project}")
-        directives = "\n".join(lines + [f"#SBATCH {d}" for d in self.job.directives])
-        return render_script("sbatch.sh", JobSpec(**{**asdict(self.job), "directives": []}), pool,
-                             "#SBATCH", {"directives": directives})
+    def queue_lines(self) -> list[str]:
+        lines = [f"#SBATCH --partition={self.job.queue}"] if self.job.queue else []
+        return lines + ([f"#SBATCH --account={self.job.project}"] if self.job.project else [])
 
     def start(self, pool: PoolSpec) -> str:
         path = _write_script(self.job, self.script(pool), "sbatch")
@@ -282,24 +296,16 @@ PBS_STATES = {"Q": JobState.PENDING, "H": JobState.PENDING, "W": JobState.PENDIN
               "R": JobState.RUNNING, "E": JobState.RUNNING, "B": JobState.RUNNING, "S": JobState.RUNNING}
 
 
-class PbsLauncher:
+class PbsLauncher(_BatchLauncher):
     """``qsub`` a script filled from workers/templates/qsub.sh; ``qstat`` for status; ``qdel``."""
 
     kind = "pbs"
+    template = "qsub.sh"
+    directive = "#PBS"
 
-    def __init__(self, job: JobSpec, bin_dir: str | None = None) -> None:
-        self.job = job
-        self.bin = (lambda name: str(Path(bin_dir) / name)) if bin_dir else (lambda name: name)
-
-    def script(self, pool: PoolSpec) -> str:
-        lines = []
-        if self.job.queue:
-            lines.append(f"#PBS -q {self.job.queue}")
-        if self.job.project:
-            lines.append(f"#PBS -A {self.job.project}")
-        directives = "\n".join(lines + [f"#PBS {d}" for d in self.job.directives])
-        return render_script("qsub.sh", JobSpec(**{**asdict(self.job), "directives": []}), pool, "#PBS",
-                             {"directives": directives})
+    def queue_lines(self) -> list[str]:
+        lines = [f"#PBS -q {self.job.queue}"] if self.job.queue else []
+        return lines + ([f"#PBS -A {self.job.project}"] if self.job.project else [])
 
     def start(self, pool: PoolSpec) -> str:
         path = _write_script(self.job, self.script(pool), "qsub")
