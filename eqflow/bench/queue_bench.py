@@ -77,7 +77,7 @@ def _stop_workers(procs: list[Any], stop: Any) -> None:
         proc.join(timeout=10)
 
 
-def bench_submit(queue: LocalTaskQueue, n: int, repeats: int = 3) -> float:
+def bench_submit(queue: LocalTaskQueue, n: int, repeats: int = 5) -> float:
     payloads = [json.dumps({"x": i}) for i in range(n)]
     best = float("inf")
     for r in range(repeats):

@@ -24,6 +24,7 @@ from eqflow.errors import AmbiguousCommit, DatabaseError, DatabaseUnavailable, I
 log = logging.getLogger(__name__)
 
 Params = Mapping[str, Any]
+FRESH_S = 1.0  # a connection used this recently is not checked before reuse
 
 
 class Connector:
@@ -36,9 +37,17 @@ class Connector:
         self._pool = ConnectionPool(
             url, min_size=min_size, max_size=max_size, open=False, name="eqflow",
             kwargs={"autocommit": True, "application_name": application_name},
-            check=ConnectionPool.check_connection, reconnect_timeout=reconnect_timeout,
+            check=self._check, reconnect_timeout=reconnect_timeout,
         )
         self._opened = False
+        self._last_used: dict[int, float] = {}
+
+    def _check(self, conn: psycopg.Connection[Any]) -> None:
+        """Check a pooled connection with a round trip, unless it was used a moment ago: a
+        hot path then pays nothing, and a connection the server dropped since fails its first
+        statement, which the retry rules above handle."""
+        if time.monotonic() - self._last_used.get(id(conn), 0.0) > FRESH_S or conn.closed:
+            ConnectionPool.check_connection(conn)
 
     def open(self) -> None:
         if not self._opened:
@@ -67,6 +76,7 @@ class Connector:
         try:
             yield conn
         finally:
+            self._last_used[id(conn)] = time.monotonic()
             self._pool.putconn(conn)
 
     def fetch_all(self, name: str, params: Params, *, idempotent: bool = True,
