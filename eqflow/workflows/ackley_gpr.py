@@ -81,10 +81,13 @@ class Run:
     trace: list[dict[str, float]] = field(default_factory=list)  # time, done, queued, pools, best
     retrains: int = 0
     pools_started: int = 0
+    best: float = float("inf")
 
-    @property
-    def best(self) -> float:
-        return min(self.values.values()) if self.values else float("inf")
+    def add(self, index: int, value: float) -> None:
+        """Record one result (kept incrementally: this runs once per completion)."""
+        self.values[index] = value
+        self.order.append(index)
+        self.best = min(self.best, value)
 
     def best_after(self, n: int) -> float:
         return min((self.values[i] for i in self.order[:n]), default=float("inf"))
@@ -149,8 +152,7 @@ class AckleyGPR:
         index = {f.task_id: int(f.tag or 0) for f in futures}
         for fut in futures:  # results from before a restart count
             if fut._status is TaskStatus.COMPLETE and fut._result:
-                record.values[index[fut.task_id]] = json.loads(fut._result)["y"]
-                record.order.append(index[fut.task_id])
+                record.add(index[fut.task_id], json.loads(fut._result)["y"])
         done_before = len(record.values)
         record.retrains = done_before // self.cfg.retrain_after if self.reprioritize else 0
         pending = [f for f in futures if not f._final]
@@ -162,20 +164,20 @@ class AckleyGPR:
         controller = self._controller() if self.dynamic else None
         t0 = time.monotonic()
         last_check = 0.0
+        open_tasks = len(pending)
         bar = tqdm(total=target, initial=min(done_before, target), desc=self.exp_id, unit="task",
                    disable=not self.progress)
         try:
             for fut in self.queue.as_completed(pending, timeout=None):
+                open_tasks -= 1
                 if fut.status is TaskStatus.COMPLETE:
-                    i = index[fut.task_id]
-                    record.values[i] = json.loads(fut.result())["y"]
-                    record.order.append(i)
+                    record.add(index[fut.task_id], json.loads(fut.result())["y"])
                     bar.update()
                 if controller is not None and time.monotonic() - last_check > self.cfg.scaling.check_interval:
                     controller.step()
                     last_check = time.monotonic()
                 record.trace.append({"t": time.monotonic() - t0, "done": len(record.values),
-                                     "open": sum(1 for f in pending if not f._final),
+                                     "open": open_tasks,
                                      "pools": record.pools_started, "best": record.best})
                 bar.set_postfix(best=f"{record.best:.3f}", pools=record.pools_started, retrains=record.retrains)
                 if len(record.values) >= target:
