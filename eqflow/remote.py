@@ -8,9 +8,11 @@ again on the client as the same eqflow exception.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 from eqflow import errors, validate
@@ -166,8 +168,6 @@ class RemoteTaskQueue:
     # -- pool side ----------------------------------------------------------------------------------
     def claim(self, task_types: int | Iterable[int], n: int = 1, pool: str = "default",
               timeout: float | None = 0.0, lease_s: float | None = None) -> list[ClaimedTask]:
-        import time
-
         types = list(validate.task_types(task_types))
         validate.count(n, "n")
         timeout = validate.timeout(timeout)
@@ -202,8 +202,6 @@ class RemoteTaskQueue:
 
     # -- ME side ------------------------------------------------------------------------------------
     def info(self, tasks: Iterable[Any]) -> dict[int, TaskInfo]:
-        from datetime import datetime
-
         ids = validate.task_ids(tasks)
         out = {}
         for row in self._op("info", {"task_ids": ids})["tasks"]:
@@ -258,8 +256,6 @@ class RemoteTaskQueue:
         return list(self._op("stop_pools", {"task_type": types, "mode": StopMode(mode).value})["pools"])
 
     def pools(self, active_only: bool = False) -> list[PoolInfo]:
-        from datetime import datetime
-
         out = []
         for row in self._op("pools", {"active_only": active_only})["pools"]:
             row["stop_requested"] = StopMode(row["stop_requested"]) if row["stop_requested"] else None
