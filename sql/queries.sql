@@ -244,3 +244,25 @@ rec AS (
 SELECT task_id FROM ins
 UNION ALL
 SELECT unnest(task_ids) FROM submissions WHERE idem_key = %(idem_key)s AND NOT (SELECT ok FROM fresh);
+
+-- name: record_event
+INSERT INTO experiment_events (exp_id, kind, data)
+VALUES (%(exp_id)s, %(kind)s, %(data)s::jsonb)
+RETURNING event_id, at;
+
+-- name: experiment_events
+SELECT event_id, at, kind, data FROM experiment_events
+WHERE exp_id = %(exp_id)s AND (%(kind)s::text IS NULL OR kind = %(kind)s::text)
+ORDER BY event_id;
+
+-- name: set_experiment_status
+-- An experiment's row may not exist yet (a transport that submits without creating it).
+INSERT INTO experiments (exp_id, status) VALUES (%(exp_id)s, %(status)s)
+ON CONFLICT (exp_id) DO UPDATE SET status = EXCLUDED.status;
+
+-- name: experiment_timeline
+-- Every task of an experiment with its timestamps, for outputs drawn from the database.
+SELECT task_id, task_type, status::text, tag, result, pool, priority, attempts,
+       created_at, started_at, finished_at
+FROM tasks WHERE exp_id = %(exp_id)s
+ORDER BY task_id;
