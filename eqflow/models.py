@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
+from typing import Any
 
 
 class TaskStatus(str, Enum):
@@ -75,3 +76,13 @@ class PoolInfo:
     started_at: datetime
     heartbeat_at: datetime
     stopped_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentEvent:
+    """One entry of an experiment's event log: a retrain, a pool started, the run finished."""
+
+    event_id: int
+    at: datetime
+    kind: str
+    data: dict[str, Any]

@@ -20,7 +20,7 @@ from eqflow.db.connector import Connector
 from eqflow.db.resolve import resolve_url
 from eqflow.errors import InvalidInput, UnknownTask
 from eqflow.futures import Future, LocalCompletionWatch, as_completed, pop_completed
-from eqflow.models import ClaimedTask, PoolInfo, StopMode, TaskInfo, TaskStatus
+from eqflow.models import ClaimedTask, ExperimentEvent, PoolInfo, StopMode, TaskInfo, TaskStatus
 from eqflow.notify import Inbox, listener_for, release_listener
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,30 @@ class LocalTaskQueue:
         """Record an experiment and its config (submit does this implicitly)."""
         self._known_experiments.discard(validate.exp_id(exp_id))
         self._ensure_experiment(exp_id, config)
+
+    def experiment_status(self, exp_id: str) -> str | None:
+        """The experiment's status ('running', 'finished', ...), or None if it was never created."""
+        row = self.db.fetch_one("get_experiment", {"exp_id": validate.exp_id(exp_id)})
+        return str(row[3]) if row else None
+
+    def set_experiment_status(self, exp_id: str, status: str) -> None:
+        self.db.execute("set_experiment_status", {"exp_id": validate.exp_id(exp_id),
+                                                  "status": validate.label(status, "status")})
+
+    def record_event(self, exp_id: str, kind: str, data: dict[str, Any] | None = None) -> ExperimentEvent:
+        """Append to the experiment's event log (what the workflow did besides running tasks)."""
+        text = validate.json_object(data, "event data")
+        row = self.db.fetch_one("record_event", {"exp_id": validate.exp_id(exp_id),
+                                                 "kind": validate.label(kind, "event kind"), "data": text},
+                                idempotent=False)
+        assert row is not None
+        return ExperimentEvent(row[0], row[1], kind, dict(data or {}))
+
+    def events(self, exp_id: str, kind: str | None = None) -> list[ExperimentEvent]:
+        """The experiment's event log, oldest first (of one kind, or all)."""
+        rows = self.db.fetch_all("experiment_events", {
+            "exp_id": validate.exp_id(exp_id), "kind": validate.optional_text(kind, "event kind", 100)})
+        return [ExperimentEvent(r[0], r[1], r[2], r[3]) for r in rows]
 
     # -- claim and report (the pool side) -------------------------------------------------------
     def claim(self, task_types: int | Iterable[int], n: int = 1, pool: str = "default",

@@ -17,7 +17,7 @@ from typing import Any
 
 from eqflow import errors, validate
 from eqflow.futures import Future, as_completed, pop_completed
-from eqflow.models import ClaimedTask, PoolInfo, StopMode, TaskInfo, TaskStatus
+from eqflow.models import ClaimedTask, ExperimentEvent, PoolInfo, StopMode, TaskInfo, TaskStatus
 from eqflow.queue import LocalTaskQueue
 
 MAX_WAIT_S = 25.0  # longest a remote call blocks (claim, completions) before answering
@@ -60,6 +60,14 @@ def _pools(q: LocalTaskQueue, active_only: bool = False) -> dict[str, Any]:
     return {"pools": rows}
 
 
+def _event_dict(event: ExperimentEvent) -> dict[str, Any]:
+    return {"event_id": event.event_id, "at": event.at.isoformat(), "kind": event.kind, "data": event.data}
+
+
+def _event(row: dict[str, Any]) -> ExperimentEvent:
+    return ExperimentEvent(row["event_id"], datetime.fromisoformat(row["at"]), row["kind"], row["data"])
+
+
 OPS: dict[str, Callable[..., dict[str, Any]]] = {
     "submit": lambda q, exp_id, task_type, payloads, priority=0, tag=None, max_attempts=None, idempotency_key=None: {
         "task_ids": [f.task_id for f in q.submit_many(exp_id, task_type, payloads, priority, tag, max_attempts,
@@ -86,6 +94,10 @@ OPS: dict[str, Callable[..., dict[str, Any]]] = {
     "stop_pools": lambda q, task_type, mode="drain": {"pools": q.stop_pools(task_type, mode)},
     "pools": _pools,
     "rescue_expired": lambda q: {"rescued": {str(k): v.value for k, v in q.rescue_expired().items()}},
+    "experiment_status": lambda q, exp_id: {"status": q.experiment_status(exp_id)},
+    "set_experiment_status": lambda q, exp_id, status: q.set_experiment_status(exp_id, status) or {},
+    "record_event": lambda q, exp_id, kind, data=None: _event_dict(q.record_event(exp_id, kind, data)),
+    "events": lambda q, exp_id, kind=None: {"events": [_event_dict(e) for e in q.events(exp_id, kind)]},
 }
 
 
@@ -263,6 +275,24 @@ class RemoteTaskQueue:
                 row[key] = datetime.fromisoformat(row[key]) if row[key] else None
             out.append(PoolInfo(**row))
         return out
+
+    def experiment_status(self, exp_id: str) -> str | None:
+        status = self._op("experiment_status", {"exp_id": validate.exp_id(exp_id)})["status"]
+        return None if status is None else str(status)
+
+    def set_experiment_status(self, exp_id: str, status: str) -> None:
+        self._op("set_experiment_status", {"exp_id": validate.exp_id(exp_id),
+                                           "status": validate.label(status, "status")})
+
+    def record_event(self, exp_id: str, kind: str, data: dict[str, Any] | None = None) -> ExperimentEvent:
+        validate.json_object(data, "event data")
+        return _event(self._op("record_event", {"exp_id": validate.exp_id(exp_id),
+                                                "kind": validate.label(kind, "event kind"), "data": data},
+                               idempotent=False))
+
+    def events(self, exp_id: str, kind: str | None = None) -> list[ExperimentEvent]:
+        rows = self._op("events", {"exp_id": validate.exp_id(exp_id), "kind": kind})["events"]
+        return [_event(r) for r in rows]
 
     def rescue_expired(self) -> dict[int, TaskStatus]:
         return {int(k): TaskStatus(v) for k, v in self._op("rescue_expired", {})["rescued"].items()}

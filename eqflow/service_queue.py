@@ -37,6 +37,10 @@ ROUTES: dict[str, tuple[str, str]] = {
     "pools": ("GET", "/v1/pools"),
     "stop_pools": ("POST", "/v1/pools/stop"),
     "rescue_expired": ("POST", "/v1/rescue"),
+    "experiment_status": ("GET", "/v1/experiments/status"),
+    "set_experiment_status": ("POST", "/v1/experiments/status"),
+    "record_event": ("POST", "/v1/events"),
+    "events": ("GET", "/v1/events"),
 }
 RETRY_STATUS = {502, 503, 504}
 

@@ -98,3 +98,29 @@ def as_sequence(items: Any, name: str) -> Sequence[Any]:
     if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
         raise InvalidInput(f"{name} must be a list, got {type(items).__name__}")
     return items if isinstance(items, Sequence) else list(items)
+
+
+MAX_EVENT_BYTES = 64 * 1024
+
+
+def json_object(value: Any, name: str) -> str:
+    """A dict of JSON values, serialized; small (events and records, not results)."""
+    import json
+
+    if value is None:
+        return "{}"
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{name} must be a dict, got {type(value).__name__}")
+    try:
+        encoded = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{name} must hold JSON values only: {exc}") from None
+    return text(encoded, name, MAX_EVENT_BYTES)
+
+
+def label(value: Any, name: str, limit: int = 100) -> str:
+    """A short non-empty name (an event kind, a status)."""
+    checked = text(value, name, limit)
+    if not checked.strip():
+        raise InvalidInput(f"{name} must not be empty")
+    return checked

@@ -93,6 +93,17 @@ class CompletionsBody(IdsBody):
     timeout: float = Field(0.0, ge=0, description="seconds to wait for a completion (at most 25)")
 
 
+class EventBody(Strict):
+    exp_id: StrictStr
+    kind: StrictStr
+    data: dict[str, Any] = Field(default_factory=dict, description="JSON values, at most 64 KiB")
+
+
+class ExperimentStatusBody(Strict):
+    exp_id: StrictStr
+    status: StrictStr
+
+
 class StopBody(Strict):
     task_type: StrictInt | list[StrictInt]
     mode: StrictStr = "drain"
@@ -310,6 +321,31 @@ def stop_pools(request: Request, body: StopBody) -> dict[str, Any]:
     if body.mode not in ("drain", "now"):
         raise errors.InvalidInput(f"mode must be 'drain' or 'now', got {body.mode!r}")
     return _op(request, "stop_pools", body.model_dump())
+
+
+@router.get("/experiments/status", tags=["experiments"])
+def experiment_status(request: Request, exp_id: Annotated[str, Query(max_length=200)]) -> dict[str, Any]:
+    """An experiment's status (null if it was never created)."""
+    return _op(request, "experiment_status", {"exp_id": exp_id})
+
+
+@router.post("/experiments/status", tags=["experiments"])
+def set_experiment_status(request: Request, body: ExperimentStatusBody) -> dict[str, Any]:
+    """Set an experiment's status (e.g. finished)."""
+    return _op(request, "set_experiment_status", body.model_dump())
+
+
+@router.post("/events", tags=["experiments"])
+def record_event(request: Request, body: EventBody) -> dict[str, Any]:
+    """Append to an experiment's event log."""
+    return _op(request, "record_event", body.model_dump())
+
+
+@router.get("/events", tags=["experiments"])
+def events(request: Request, exp_id: Annotated[str, Query(max_length=200)],
+           kind: Annotated[str | None, Query(max_length=100)] = None) -> dict[str, Any]:
+    """An experiment's event log, oldest first."""
+    return _op(request, "events", {"exp_id": exp_id, "kind": kind})
 
 
 @router.post("/rescue", tags=["pools"])

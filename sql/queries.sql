@@ -259,10 +259,3 @@ ORDER BY event_id;
 -- An experiment's row may not exist yet (a transport that submits without creating it).
 INSERT INTO experiments (exp_id, status) VALUES (%(exp_id)s, %(status)s)
 ON CONFLICT (exp_id) DO UPDATE SET status = EXCLUDED.status;
-
--- name: experiment_timeline
--- Every task of an experiment with its timestamps, for outputs drawn from the database.
-SELECT task_id, task_type, status::text, tag, result, pool, priority, attempts,
-       created_at, started_at, finished_at
-FROM tasks WHERE exp_id = %(exp_id)s
-ORDER BY task_id;

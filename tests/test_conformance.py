@@ -10,6 +10,7 @@ import pytest
 from eqflow import InvalidInput, LocalTaskQueue, StopMode, TaskStatus, UnknownTask, as_completed
 from eqflow.gc_queue import GCTaskQueue
 from eqflow.service_queue import ServiceTaskQueue
+from tests.conftest import sql
 from tests.service_fixtures import TOKEN, ServiceProcess
 
 
@@ -90,6 +91,26 @@ def test_stats_reattach_and_leases(tq):
     assert tq.open_count(6) == 2
     again = tq.experiment_futures("conf-re")
     assert [f.task_id for f in again] == [f.task_id for f in futs]
+
+
+def test_experiment_status_and_event_log(tq, db_url):
+    assert tq.experiment_status("conf-ev") is None
+    first = tq.record_event("conf-ev", "retrain", {"retrain": 1, "points": 25})
+    tq.record_event("conf-ev", "pool_started", {"pool": "p-1"})
+    tq.record_event("conf-other", "retrain", {})
+    events = tq.events("conf-ev")
+    assert [(e.kind, e.data) for e in events] == [("retrain", {"retrain": 1, "points": 25}),
+                                                  ("pool_started", {"pool": "p-1"})]
+    assert events[0].event_id == first.event_id and events[0].at <= events[1].at
+    assert [e.kind for e in tq.events("conf-ev", kind="pool_started")] == ["pool_started"]
+    tq.set_experiment_status("conf-ev", "finished")
+    assert tq.experiment_status("conf-ev") == "finished"
+    before = sql(db_url, "SELECT count(*) FROM experiment_events")
+    with pytest.raises(InvalidInput):
+        tq.record_event("conf-ev", "bad", {"x": float("nan")})
+    with pytest.raises(InvalidInput):
+        tq.record_event("conf-ev", "", {})
+    assert sql(db_url, "SELECT count(*) FROM experiment_events") == before  # bad input wrote nothing
 
 
 def test_stop_pools(tq, db_url):
