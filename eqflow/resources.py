@@ -1,10 +1,10 @@
-"""What a node has free: CPU (smoothed), load per core, RAM, and GPUs through NVML."""
+"""What a node has free: CPU (smoothed), load per core, RAM (through psutil), and GPUs through NVML."""
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass
+
+import psutil
 
 
 @dataclass(frozen=True)
@@ -15,37 +15,32 @@ class GpuState:
 
 
 class ResourceProbe:
-    """Reads /proc and NVML. ``cpu_percent`` is an exponential moving average of /proc/stat."""
+    """psutil for CPU and memory, NVML (``nvidia-ml-py``, optional) for GPUs.
+
+    ``cpu_percent`` is an exponential moving average of psutil's system-wide CPU use between
+    calls; ``smoothing`` is the weight of the newest sample (1.0: no smoothing).
+    """
 
     def __init__(self, smoothing: float = 0.5) -> None:
+        if not 0.0 < smoothing <= 1.0:
+            raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
         self.smoothing = smoothing
-        self._last: tuple[int, int] | None = None
         self._cpu: float | None = None
 
     def cpu_percent(self) -> float:
-        with open("/proc/stat") as stat:
-            fields = [int(v) for v in stat.readline().split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-        total = sum(fields)
-        if self._last is None:
-            self._last = (idle, total)
-            time.sleep(0.1)
-            return self.cpu_percent()
-        d_idle, d_total = idle - self._last[0], total - self._last[1]
-        self._last = (idle, total)
-        sample = 100.0 * (1 - d_idle / d_total) if d_total > 0 else 0.0
+        # The first sample of a probe measures over a short interval; later ones cover the time
+        # since the previous call (psutil keeps the last reading).
+        sample = psutil.cpu_percent(interval=0.1 if self._cpu is None else None)
         self._cpu = sample if self._cpu is None else self.smoothing * sample + (1 - self.smoothing) * self._cpu
         return self._cpu
 
     def load_per_core(self) -> float:
-        return os.getloadavg()[0] / (os.cpu_count() or 1)
+        """The 1-minute load average divided by the number of logical CPUs."""
+        return psutil.getloadavg()[0] / (psutil.cpu_count() or 1)
 
     def free_memory_gib(self) -> float:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024**2
-        return 0.0
+        """Memory available to new processes without swapping (MemAvailable on Linux)."""
+        return psutil.virtual_memory().available / 1024**3
 
     def gpus(self) -> list[GpuState]:
         try:
