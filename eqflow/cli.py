@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
+import eqflow
 from eqflow.db.embedded import EmbeddedPostgres
 from eqflow.errors import EqflowError
+from eqflow.logs import setup_logging
 
 
 def _db(args: argparse.Namespace) -> int:
     embedded = EmbeddedPostgres(args.home)
     if args.action == "start":
         embedded.ensure_running()
+        if line := embedded.announcement():
+            print(line, file=sys.stderr)
         print(json.dumps(embedded.status()))
     elif args.action == "stop":
-        print("stopped" if embedded.stop() else "not running")
+        print("stopped" if embedded.stop() else f"not running ({embedded.home})")
     elif args.action == "status":
         print(json.dumps(embedded.status()))
     elif args.action == "url":
@@ -32,7 +35,7 @@ def _db(args: argparse.Namespace) -> int:
         from eqflow.db.migrate import latest_version, upgrade
         from eqflow.db.resolve import resolve_url
 
-        url = resolve_url(args.url, home=args.home, migrate=False)
+        url = resolve_url(args.url, home=args.home, migrate=False, announce=lambda line: print(line, file=sys.stderr))
         applied = upgrade(url)
         print(json.dumps({"applied": applied, "schema_version": latest_version()}))
     return 0
@@ -61,7 +64,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     from eqflow.queue import LocalTaskQueue
 
-    with LocalTaskQueue(args.url) as queue:
+    with LocalTaskQueue(args.url, create_db=False) as queue:
         print(json.dumps({"tasks": queue.stats(args.exp_id),
                           "pools": [p.name + f" ({p.status})" for p in queue.pools(active_only=True)]}))
     return 0
@@ -78,7 +81,32 @@ def _service(args: argparse.Namespace) -> int:
         cfg.port = args.port
     if args.db_url:
         cfg.db_url = args.db_url
-    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning")
+    app = create_app(cfg)
+    print(f"eqflow service {eqflow.__version__} listening on http://{cfg.host}:{cfg.port} "
+          f"(docs /docs, health /health; Ctrl-C stops it)", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    return 0
+
+
+def _examples(args: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+
+    from eqflow.workflows.main import example_configs
+
+    for name, path in sorted(example_configs().items()):
+        if args.copy:
+            target = Path(args.copy) / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                print(f"kept {target} (exists)")
+            else:
+                shutil.copyfile(path, target)
+                print(f"wrote {target}")
+        else:
+            print(f"{name:<18}{path}")
+    if not args.copy:
+        print("\nrun one: eqflow run <exp_id> --example local   copy them: eqflow examples --copy cfgs/")
     return 0
 
 
@@ -90,11 +118,21 @@ def _pool(argv: list[str]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eqflow", description="eqflow: a PostgreSQL task queue for model exploration")
+    parser.add_argument("--version", action="version", version=f"eqflow {eqflow.__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log what happens (-vv: more)")
+    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("run", help="run the Ackley/GPR workflow: eqflow run <exp_id> <cfg> (see eqflow run --help)",
+                   add_help=False)
+    examples = sub.add_parser("examples", help="list the example configs shipped with eqflow, or copy them")
+    examples.add_argument("--copy", metavar="DIR", default=None, help="copy them into DIR (existing files are kept)")
+    examples.set_defaults(func=_examples)
 
     db = sub.add_parser("db", help="the database: embedded cluster and schema")
     db.add_argument("action", choices=["init", "start", "stop", "status", "url", "reset"])
-    db.add_argument("--home", default=None, help="embedded cluster folder (default $EQFLOW_HOME or ./.eqflow)")
+    db.add_argument("--home", default=None,
+                    help="embedded cluster folder (default $EQFLOW_HOME, else the user's data folder)")
     db.add_argument("--url", default=None, help="for init: a postgresql:// URL instead of the embedded cluster")
     db.add_argument("--yes", action="store_true", help="confirm reset")
     db.set_defaults(func=_db)
@@ -119,12 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
     service.set_defaults(func=_service)
 
     sub.add_parser("pool", help="worker pools: eqflow pool run|start|status|stop|list --help", add_help=False)
+    from eqflow.cli_config import add_config_parser
+
+    add_config_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if argv[:1] == ["run"]:
+        from eqflow.workflows.main import main as run_main
+
+        return run_main(argv[1:], prog="eqflow run")
+    setup_logging(argv.count("-v") + 2 * argv.count("-vv") + argv.count("--verbose"), "--log-json" in argv)
     if argv[:1] == ["pool"]:
         try:
             return _pool(argv[1:])

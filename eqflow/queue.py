@@ -39,8 +39,8 @@ class LocalTaskQueue:
     def __init__(self, url: str | None = None, *, pool_size: int = 4,
                  max_payload_bytes: int = DEFAULT_MAX_PAYLOAD, lease_s: float = 60.0,
                  safety_poll_s: float = 5.0, reconnect_timeout: float = 60.0,
-                 max_attempts: int = 3, migrate: bool = True) -> None:
-        self.url = resolve_url(url, migrate=migrate)
+                 max_attempts: int = 3, migrate: bool = True, create_db: bool = True) -> None:
+        self.url = resolve_url(url, migrate=migrate, create=create_db)
         self.max_payload_bytes = validate.count(max_payload_bytes, "max_payload_bytes", 1, 2**30 - 1)
         self.lease_s = float(lease_s)
         self.safety_poll_s = float(safety_poll_s)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_connections
 from typing import Protocol
 
+from eqflow.logs import setup_logging
 from eqflow.models import ClaimedTask, StopMode
 from eqflow.queue import LocalTaskQueue
 from eqflow.workers.gpu import detect_gpus, slot_devices
@@ -85,7 +86,11 @@ class Pool:
             info={"fn": cfg.spec.fn, "cmd": cfg.spec.cmd, "batch_size": cfg.batch_size,
                   "threshold": cfg.threshold, "threads": cfg.threads, "gpus": cfg.gpus})
         self.pool_name = f"{cfg.name}-{self.pool_id}"
-        log.info("pool started", extra={"pool": self.pool_name, "types": cfg.task_types})
+        log.info("pool started", extra={
+            "pool": self.pool_name, "types": cfg.task_types, "workers": cfg.n_workers,
+            "mode": "threads" if cfg.threads else "processes", "batch_size": cfg.batch_size,
+            "task": cfg.spec.fn or cfg.spec.cmd, "db": _where(self.queue.url), "pid": os.getpid(),
+            "stop": f"eqflow pool stop --type {cfg.task_types[0]} (or Ctrl-C)"})
         stop_inbox = self.queue.pool_inbox(self.pool_id)
         runner: _Runner = _ThreadRunner(cfg) if cfg.threads else _ProcessRunner(cfg)
         work_inbox = self.queue.work_inbox(cfg.task_types)
@@ -280,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lease", type=float, default=60.0, help="lease seconds (heartbeat every lease/4)")
     parser.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
     parser.add_argument("--launcher", default=os.environ.get("EQFLOW_LAUNCHER", "local"), help=argparse.SUPPRESS)
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only (default: start, stop, ...)")
+    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     return parser
 
 
@@ -297,9 +304,17 @@ def config_from_args(args: argparse.Namespace) -> PoolConfig:
                       idle_exit_s=args.idle_exit, launcher=args.launcher, job_id=job_id)
 
 
+def _where(url: str) -> str:
+    """host:port/dbname of a database URL, never its password."""
+    import psycopg
+
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(0 if args.quiet else 1, args.log_json)
     try:
         cfg = config_from_args(args)
     except (ValueError, ImportError, AttributeError) as exc:

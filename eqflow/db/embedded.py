@@ -44,8 +44,13 @@ log_min_messages = warning
 
 
 def default_home() -> Path:
-    """Where the embedded cluster lives: ``$EQFLOW_HOME`` or ``./.eqflow``."""
-    return Path(os.environ.get("EQFLOW_HOME", ".eqflow")).resolve()
+    """Where the embedded cluster lives: ``$EQFLOW_HOME``, else one per-user place (the user's
+    data folder, e.g. ``~/.local/share/eqflow``), so every directory shares one database."""
+    if env := os.environ.get("EQFLOW_HOME"):
+        return Path(env).expanduser().resolve()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("eqflow", appauthor=False)).resolve()
 
 
 def find_pg_bin() -> Path:
@@ -73,10 +78,20 @@ def find_pg_bin() -> Path:
         "or point eqflow at an existing server with EQFLOW_DB_URL=postgresql://...")
 
 
+PORT_RANGE = (20000, 32000)  # below Linux's ephemeral range (32768-60999): no clash with clients
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port on 127.0.0.1 outside the ephemeral range, so an outgoing connection cannot
+    take it between two runs."""
+    import random
+
+    ports = list(range(*PORT_RANGE))
+    random.shuffle(ports)
+    for port in ports[:2000]:
+        if _port_free(port):
+            return port
+    raise EmbeddedDatabaseError(f"no free port in {PORT_RANGE[0]}-{PORT_RANGE[1]} on 127.0.0.1")
 
 
 def _port_free(port: int) -> bool:
@@ -115,13 +130,33 @@ class EmbeddedPostgres:
         return f"postgresql://{DB_USER}:{state.password}@127.0.0.1:{state.port}/{DB_NAME}"
 
     def ensure_running(self) -> str:
-        """Create the cluster if needed, start it if stopped; return its URL."""
+        """Create the cluster if needed, start it if stopped; return its URL. ``last_action``
+        says what was done ("created", "started" or None), for the caller to tell the user."""
         self.home.mkdir(parents=True, exist_ok=True)
+        self.last_action: str | None = None
         with self._lock():
-            state = self._read_state() or self._initdb()
+            state = self._read_state()
+            if state is None:
+                state = self._initdb()
+                self.last_action = "created"
             if not self._is_running(state):
                 self._start(state)
+                self.last_action = self.last_action or "started"
+            if self.last_action:
+                log.info("embedded database " + self.last_action,
+                         extra={"home": str(self.home), "port": state.port, "data_dir": state.data_dir})
             return self.url()
+
+    def announcement(self) -> str | None:
+        """A line for the user after ensure_running created or started the cluster."""
+        action = getattr(self, "last_action", None)
+        if action is None:
+            return None
+        state = self._read_state()
+        port = state.port if state else "?"
+        verb = "created and started" if action == "created" else "started"
+        return (f"eqflow: {verb} the embedded PostgreSQL in {self.home} (127.0.0.1:{port}); it keeps "
+                f"running for later runs - stop it with `eqflow db stop`")
 
     def is_running(self) -> bool:
         state = self._read_state()
@@ -143,6 +178,7 @@ class EmbeddedPostgres:
                 self._pg_ctl(state, "stop", "-m", "immediate", "-w", "-t", "60")
             if state is not None:
                 shutil.rmtree(state.data_dir, ignore_errors=True)
+                self._log_path(state).unlink(missing_ok=True)
             self.state_file.unlink(missing_ok=True)
             self.log_file.unlink(missing_ok=True)
 
@@ -150,6 +186,7 @@ class EmbeddedPostgres:
         state = self._read_state()
         if state is None:
             return {"home": str(self.home), "exists": False, "running": False}
+        self.log_file = self._log_path(state)
         return {"home": str(self.home), "exists": True, "running": self._is_running(state),
                 "data_dir": state.data_dir, "port": state.port, "os_user": state.os_user,
                 "log": str(self.log_file)}
@@ -189,7 +226,7 @@ class EmbeddedPostgres:
             return local
         digest = hashlib.sha1(str(self.home).encode()).hexdigest()[:12]
         fallback = Path("/var/tmp/eqflow") / digest / "pgdata"
-        log.warning("data folder moved out of the project",
+        log.info("data folder placed where the server user can reach it",
                     extra={"reason": f"user {os_user} cannot enter {self.home}", "data_dir": str(fallback)})
         return fallback
 
@@ -228,7 +265,14 @@ class EmbeddedPostgres:
                              password=state.password, dbname="postgres", autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {DB_NAME}")  # constant identifier, no values
 
+    def _log_path(self, state: ClusterState) -> Path:
+        """Beside the data folder when that had to move out of ``home`` (the server user cannot
+        write in ``home`` then), else in ``home``."""
+        data = Path(state.data_dir)
+        return self.home / "postgres.log" if data.parent == self.home else data.parent / "postgres.log"
+
     def _start(self, state: ClusterState) -> None:
+        self.log_file = self._log_path(state)
         if not _port_free(state.port):
             state.port = free_port()
         self.log_file.touch()

@@ -2,39 +2,38 @@
 
 Sample points, evaluate each as an Ackley task; every ``retrain_after`` results fit a GP
 surrogate (in the ME or as a ``gpr`` task on a pool, data and model passed by ProxyStore) and
-reprioritize every queued point in one statement; add pools after given retrains; stop after
-``num_guesses`` results. Re-running an existing exp_id re-attaches and continues.
+reprioritize every queued point in one statement; add pools after given retrains. At
+``num_guesses`` results the queued points are canceled and the pools stopped at once.
+
+The fit runs in a background thread, so completions keep being counted while it runs and the
+budget is enforced when it is reached, not when a fit ends. Re-running an existing exp_id
+re-attaches and continues; re-running a finished one changes nothing. Outputs are drawn from
+the database (``ackley_outputs``), never from this process's memory.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import time
+from concurrent.futures import Future as ThreadFuture
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from eqflow.config import PoolConfig, WorkflowConfig
+from eqflow.config import WorkflowConfig
 from eqflow.futures import Future
 from eqflow.models import TaskStatus
-from eqflow.workers.launchers import (
-    ExecutorLauncher,
-    JobSpec,
-    Launcher,
-    LocalLauncher,
-    PbsLauncher,
-    PoolSpec,
-    SlurmLauncher,
-)
 from eqflow.workflows import gpr
+from eqflow.workflows.runkit import PoolKeeper, Progress, make_launcher
 
 log = logging.getLogger("eqflow.ackley")
 
 BOUND = 32.768  # the usual Ackley domain: [-32.768, 32.768]^d
+FINISHED = "finished"
 
 
 def sample_points(cfg: WorkflowConfig) -> np.ndarray:
@@ -50,47 +49,39 @@ def sample_delays(cfg: WorkflowConfig) -> np.ndarray:
     return rng.lognormal(np.log(cfg.runtime), cfg.runtime_var, size=cfg.search_space_size)
 
 
-def make_launcher(pool: PoolConfig, cfg: WorkflowConfig, out: Path, executors: dict[str, Any]) -> Launcher:
-    job = JobSpec(nodes=pool.nodes, ppn=pool.ppn, walltime=pool.walltime, queue=pool.queue, project=pool.project,
-                  output_dir=str(out / "jobs"), setup=pool.setup)
-    if pool.type == "local":
-        return LocalLauncher(log_dir=str(out / "pool-logs"))
-    if pool.type == "slurm":
-        return SlurmLauncher(job)
-    if pool.type == "pbs":
-        return PbsLauncher(job)
-    executor = executors.get(pool.gc_endpoint or "")
-    if executor is None:
-        endpoint = cfg.gc_endpoints.get(pool.gc_endpoint or "")
-        if endpoint is None:
-            raise ValueError(f"pool needs gc_endpoint naming an entry of gc_endpoints, got {pool.gc_endpoint!r}")
-        from globus_compute_sdk import Executor  # type: ignore[import-not-found]
-
-        executor = executors[pool.gc_endpoint or ""] = Executor(endpoint_id=endpoint)
-    return ExecutorLauncher(executor, pool.remote_launcher, job)
+def value_of(result: str | None) -> float | None:
+    return None if result is None else float(json.loads(result)["y"])
 
 
 @dataclass
 class Run:
-    """What a run did: per-task records, the trace over time, and its summary."""
+    """What a run did, read back from the database: values in completion order."""
 
     exp_id: str
     values: dict[int, float] = field(default_factory=dict)  # point index -> value
     order: list[int] = field(default_factory=list)  # point indexes in completion order
-    priority_history: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
-    trace: list[dict[str, float]] = field(default_factory=list)  # time, done, queued, pools, best
     retrains: int = 0
     pools_started: int = 0
     best: float = float("inf")
+    finished: bool = False
 
     def add(self, index: int, value: float) -> None:
-        """Record one result (kept incrementally: this runs once per completion)."""
         self.values[index] = value
         self.order.append(index)
         self.best = min(self.best, value)
 
     def best_after(self, n: int) -> float:
         return min((self.values[i] for i in self.order[:n]), default=float("inf"))
+
+
+@dataclass
+class _Fit:
+    """A retrain under way in the background thread."""
+
+    number: int
+    points: int
+    best: float
+    job: ThreadFuture[Any]
 
 
 class AckleyGPR:
@@ -107,9 +98,10 @@ class AckleyGPR:
         self.executors = executors or {}
         self.points = sample_points(cfg)
         self.ackley_type = cfg.tasks["ackley"].type
-        self.jobs: list[tuple[Launcher, str]] = []
-        self.run_record = Run(exp_id)
+        self.pools = PoolKeeper(queue, cfg, exp_id, self.out, self.executors)
         self._store: Any = None
+        self._fitter = ThreadPoolExecutor(1, thread_name_prefix="eqflow-gp-fit")
+        self._gpr_tasks: list[Future] = []  # retrains running as tasks (reprioritize_endpoint: pool)
         if reprioritize and cfg.reprioritize_endpoint == "local":
             import sklearn.gaussian_process  # noqa: F401 - a second to import: not in the first retrain
 
@@ -127,71 +119,84 @@ class AckleyGPR:
                                       tag=[str(i) for i in range(len(payloads))],
                                       idempotency_key=f"{self.exp_id}/ackley")
 
-    def _start_pool(self, task: str) -> None:
-        name = self.cfg.tasks[task].pools[min(self.run_record.pools_started, len(self.cfg.tasks[task].pools) - 1)]
-        pool = self.cfg.pools[name]
-        launcher = make_launcher(pool, self.cfg, self.out, self.executors)
-        spec = PoolSpec([self.cfg.tasks[task].type], fn=pool.fn, cmd=pool.cmd, name=f"{self.exp_id}-{name}",
-                        workers=pool.workers, batch_size=pool.batch_size, threshold=pool.threshold,
-                        idle_exit=pool.idle_exit,
-                        db_url=getattr(self.queue, "url", None) if pool.type == "local" else None)
-        job = launcher.start(spec)
-        self.jobs.append((launcher, job))
-        if task == "ackley":
-            self.run_record.pools_started += 1
-        log.info("pool started", extra={"pool": name, "job_id": job, "task": task})
+    def _start_ackley_pool(self, reason: str, remaining: int) -> None:
+        names = self.cfg.tasks["ackley"].pools
+        config_name = names[min(self.pools.started_before(), len(names) - 1)]
+        workers = self.cfg.pools[config_name].workers
+        if remaining < workers:
+            log.info("pool not started", extra={"pool": config_name, "reason": reason,
+                                                "why": f"{remaining} evaluations left for {workers} workers"})
+            return
+        self.pools.start("ackley", config_name, reason=reason)
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> Run:
-        from tqdm import tqdm
-
+        """Run (or resume) the exploration; returns what the database holds afterwards."""
         self.out.mkdir(parents=True, exist_ok=True)
         futures = self._submit_or_attach()
-        record = self.run_record
-        by_id = {f.task_id: f for f in futures}
+        if self.queue.experiment_status(self.exp_id) == FINISHED:
+            log.info("already finished", extra={"exp_id": self.exp_id})
+            return self.read_back(futures)
         index = {f.task_id: int(f.tag or 0) for f in futures}
-        for fut in futures:  # results from before a restart count
-            if fut._status is TaskStatus.COMPLETE and fut._result:
-                record.add(index[fut.task_id], json.loads(fut._result)["y"])
-        done_before = len(record.values)
-        record.retrains = done_before // self.cfg.retrain_after if self.reprioritize else 0
-        pending = [f for f in futures if not f._final]
+        done: dict[int, float] = {index[f.task_id]: v for f in futures
+                                  if f._status is TaskStatus.COMPLETE and (v := value_of(f._result)) is not None}
         target = min(self.cfg.num_guesses, len(futures))
-        extra = sum(1 for k in self.cfg.extra_pools_after_retrain if k <= record.retrains) if self.reprioritize else 0
-        for _ in range(1 + (0 if self.dynamic else extra)):
-            if pending and len(record.values) < target:
-                self._start_pool("ackley")
+        pending = {f.task_id: f for f in futures if not f._final}
+        retrains = len(self.queue.events(self.exp_id, kind="retrain"))
+        self.queue.record_event(self.exp_id, "session_started", {"done": len(done), "open": len(pending),
+                                                                 "reprioritize": self.reprioritize})
+        if len(done) < target and pending:
+            self._start_session_pools(retrains, target - len(done))
+            if self.reprioritize and self.cfg.reprioritize_endpoint == "pool":
+                self._open_store()  # the gpr pool starts now, to be warm for the first retrain
         controller = self._controller() if self.dynamic else None
-        t0 = time.monotonic()
+        bar = Progress(target, self.exp_id, enabled=self.progress, initial=min(len(done), target))
+        fit: _Fit | None = None
         last_check = 0.0
-        open_tasks = len(pending)
-        bar = tqdm(total=target, initial=min(done_before, target), desc=self.exp_id, unit="task",
-                   disable=not self.progress)
+        watch = self.queue.watch_completions({self.exp_id}) if pending else None
         try:
-            for fut in self.queue.as_completed(pending, timeout=None):
-                open_tasks -= 1
-                if fut.status is TaskStatus.COMPLETE:
-                    record.add(index[fut.task_id], json.loads(fut.result())["y"])
-                    bar.update()
+            while pending and len(done) < target:
+                rows = watch.finished(pending, 0.05 if fit else None) if watch else []
+                self._collect(rows, pending, index, done)
+                bar.update(min(len(done), target), best=f"{min(done.values(), default=float('nan')):.3f}",
+                           pools=len(self.pools.jobs), retrains=retrains)
+                if len(done) >= target:
+                    break
+                if fit is not None and fit.job.done():
+                    retrains = self._apply(fit, pending, index, len(done), target)
+                    fit = None
+                if (fit is None and self.reprioritize
+                        and len(done) >= (retrains + 1) * self.cfg.retrain_after):
+                    fit = self._start_fit(retrains + 1, done)
                 if controller is not None and time.monotonic() - last_check > self.cfg.scaling.check_interval:
                     controller.step()
                     last_check = time.monotonic()
-                record.trace.append({"t": time.monotonic() - t0, "done": len(record.values),
-                                     "open": open_tasks,
-                                     "pools": record.pools_started, "best": record.best})
-                bar.set_postfix(best=f"{record.best:.3f}", pools=record.pools_started, retrains=record.retrains)
-                if len(record.values) >= target:
-                    break
-                if self.reprioritize and len(record.values) >= (record.retrains + 1) * self.cfg.retrain_after:
-                    self._retrain(by_id, index)
         finally:
+            if watch is not None:
+                watch.close()
             bar.close()
-            self._finish(controller, futures)
-        self._write_outputs(futures, index)
-        return record
+            self._fitter.shutdown(wait=False, cancel_futures=True)
+            self._finish(controller, futures, reached=len(done) >= target or not pending)
+        return self.read_back(futures)
+
+    def _start_session_pools(self, retrains: int, remaining: int) -> None:
+        due = sum(1 for k in self.cfg.extra_pools_after_retrain if k <= retrains) if not self.dynamic else 0
+        for _ in range(1 + due):  # a resumed run starts what the killed one had
+            self._start_ackley_pool("start" if retrains == 0 else "resume", remaining)
+
+    @staticmethod
+    def _collect(rows: list[tuple[Any, ...]], pending: dict[int, Future], index: dict[int, int],
+                 done: dict[int, float]) -> None:
+        """Settle the futures that finished; record the values of those that completed."""
+        for task_id, status, result, error, pool in rows:
+            if (fut := pending.pop(task_id, None)) is not None:
+                fut._settle(TaskStatus(status), result, error, pool)
+                if fut._status is TaskStatus.COMPLETE and (value := value_of(result)) is not None:
+                    done[index[task_id]] = value
 
     def _controller(self) -> Any:
         from eqflow.scaling import ScalingConfig, ScalingController, TypeScaling
+        from eqflow.workers.launchers import PoolSpec
 
         pool = self.cfg.pools[self.cfg.tasks["ackley"].pools[0]]
         spec = PoolSpec([self.ackley_type], fn=pool.fn, cmd=pool.cmd, name=f"{self.exp_id}-auto",
@@ -203,82 +208,103 @@ class AckleyGPR:
             check_interval=s.check_interval, cpu_usage_threshold=s.cpu_usage_threshold,
             normalized_load_threshold=s.normalized_load_threshold, min_system_memory_gib=s.min_system_memory_gib))
 
-    def _retrain(self, by_id: dict[int, Future], index: dict[int, int]) -> None:
-        record = self.run_record
-        done = list(record.values)
-        x, y = self.points[done], np.array([record.values[i] for i in done])
-        queued = [f for f in by_id.values() if not f._final]
-        queued = [f for f, info in zip(queued, self.queue.info(queued).values(), strict=True)
-                  if info.status is TaskStatus.QUEUED] if queued else []
-        model = self._fit(x, y)
-        record.retrains += 1
+    # -- retraining -------------------------------------------------------------------------------
+    def _start_fit(self, number: int, done: dict[int, float]) -> _Fit:
+        indexes = list(done)
+        x, y = self.points[indexes], np.array([done[i] for i in indexes])
+        log.debug("fit started", extra={"retrain": number, "points": len(indexes)})
+        return _Fit(number, len(indexes), float(y.min()), self._fitter.submit(self._fit, x, y))
+
+    def _apply(self, fit: _Fit, pending: dict[int, Future], index: dict[int, int], done: int, target: int) -> int:
+        """Reprioritize what is still queued by the fitted model; returns the retrain count."""
+        model = fit.job.result()
+        open_ = list(pending.values())
+        queued = [f for f, info in zip(open_, self.queue.info(open_).values(), strict=True)
+                  if info.status is TaskStatus.QUEUED] if open_ else []
+        prios: list[int] = []
         if queued:
             xq = self.points[[index[f.task_id] for f in queued]]
-            prios = gpr.priorities(gpr.scores(model, xq, self.cfg.acquisition, float(y.min())))
+            prios = gpr.priorities(gpr.scores(model, xq, self.cfg.acquisition, fit.best))
             self.queue.set_priorities(queued, prios)  # one statement for every queued point
-            for f, p in zip(queued, prios, strict=True):
-                record.priority_history.setdefault(index[f.task_id], []).append((record.retrains, p))
-        log.info("retrained", extra={"retrain": record.retrains, "points": len(done), "reprioritized": len(queued)})
-        if not self.dynamic and record.retrains in self.cfg.extra_pools_after_retrain:
-            self._start_pool("ackley")
+        self.queue.record_event(self.exp_id, "retrain", {
+            "retrain": fit.number, "points": fit.points, "applied_at": done, "reprioritized": len(queued),
+            "task_ids": [f.task_id for f in queued], "priorities": prios})
+        log.info("retrained", extra={"retrain": fit.number, "points": fit.points, "reprioritized": len(queued)})
+        if not self.dynamic and fit.number in self.cfg.extra_pools_after_retrain:
+            self._start_ackley_pool(f"after retrain {fit.number}", target - done)
+        return fit.number
+
+    def _open_store(self) -> None:
+        from eqflow.proxies import make_store
+
+        self._store = make_store(**self._store_cfg())
+        self.pools.start("gpr", self.cfg.tasks["gpr"].pools[0], reason="retrain on a pool")
+
+    def _store_cfg(self) -> dict[str, Any]:
+        ps = self.cfg.proxystore
+        return {"kind": ps.type, "path": str(Path(ps.path).resolve()), "hostname": ps.hostname, "port": ps.port}
 
     def _fit(self, x: np.ndarray, y: np.ndarray) -> Any:
         if self.cfg.reprioritize_endpoint == "local":
             return gpr.fit(x, y, self.cfg.seed)
-        from eqflow.proxies import from_text, make_store, to_text
+        from eqflow.proxies import from_text, to_text
 
-        ps = self.cfg.proxystore
-        store_cfg: dict[str, Any] = {"kind": ps.type, "path": str(Path(ps.path).resolve()),
-                                     "hostname": ps.hostname, "port": ps.port}
-        if self._store is None:
-            self._store = make_store(**store_cfg)
-            self._start_pool("gpr")
         data = to_text(self._store.proxy((x.tolist(), y.tolist())))
         fut = self.queue.submit(self.exp_id, self.cfg.tasks["gpr"].type,
-                                json.dumps({"data": data, "store": store_cfg, "seed": self.cfg.seed}))
+                                json.dumps({"data": data, "store": self._store_cfg(), "seed": self.cfg.seed}))
+        self._gpr_tasks.append(fut)
         answer = json.loads(fut.result(timeout=600))
         return from_text(answer["model"])
 
-    def _finish(self, controller: Any, futures: list[Future]) -> None:
-        """At num_guesses: cancel what is still queued (so pools take no more), stop our pools
-        (they give back what they hold), and cancel that too. Otherwise (an error, Ctrl-C):
-        stop the pools and leave the queue as it is, to resume later."""
-        finished = len(self.run_record.values) >= min(self.cfg.num_guesses, len(futures))
-        if finished:
+    # -- the end ----------------------------------------------------------------------------------
+    def _finish(self, controller: Any, futures: list[Future], reached: bool) -> None:
+        """Budget reached (or nothing left): cancel what is queued at once, so no pool takes
+        more, stop our pools (they give back what they hold), cancel that too, and mark the
+        experiment finished. Otherwise (an error, Ctrl-C): stop the pools and leave the queue
+        as it is, to resume later."""
+        if reached:
             self._cancel_open(futures)
+            self.queue.record_event(self.exp_id, "budget_reached", {"num_guesses": self.cfg.num_guesses})
+        self._cancel_open(self._gpr_tasks)  # a retrain still under way is not needed any more
         if controller is not None:
             controller.shutdown()
-        for launcher, job in self.jobs:
-            launcher.cancel(job)
-        deadline = time.monotonic() + 30
-        for launcher, job in self.jobs:
-            while not launcher.status(job).finished and time.monotonic() < deadline:
-                time.sleep(0.1)
-        if finished:
+        self.pools.stop_all()
+        self._cancel_open(self._gpr_tasks)
+        if reached:
             self._cancel_open(futures)
+            self.queue.set_experiment_status(self.exp_id, FINISHED)
+            self.queue.record_event(self.exp_id, FINISHED, {})
 
     def _cancel_open(self, futures: list[Future]) -> None:
         open_ = [f for f in futures if not f._final]
         if open_:
-            self.queue.cancel(open_)
+            canceled = self.queue.cancel(open_)
+            for fut in open_:
+                if fut.task_id in canceled:
+                    fut._settle(TaskStatus.CANCELED, None, None, None)
+            log.info("canceled queued tasks", extra={"exp_id": self.exp_id, "canceled": len(canceled)})
 
-    # -- outputs -----------------------------------------------------------------------------------
-    def _write_outputs(self, futures: list[Future], index: dict[int, int]) -> None:
-        infos = self.queue.info(futures)
-        with open(self.out / "tasks.csv", "w", newline="") as handle:
-            writer = csv.writer(handle)
-            dims = [f"x{d}" for d in range(self.cfg.sample_dimensions)]
-            writer.writerow(["task_id", "point", *dims, "value", "status", "pool", "priority",
-                             "priority_history", "created_at", "started_at", "finished_at"])
-            for fut in futures:
-                info = infos[fut.task_id]
-                i = index[fut.task_id]
-                writer.writerow([fut.task_id, i, *self.points[i].tolist(), self.run_record.values.get(i, ""),
-                                 info.status.value, info.pool or "", info.priority,
-                                 json.dumps(self.run_record.priority_history.get(i, [])),
-                                 info.created_at.isoformat(), info.started_at.isoformat() if info.started_at else "",
-                                 info.finished_at.isoformat() if info.finished_at else ""])
-        summary = {"exp_id": self.exp_id, "evaluated": len(self.run_record.values), "best": self.run_record.best,
-                   "retrains": self.run_record.retrains, "pools_started": self.run_record.pools_started,
-                   "reprioritized": self.reprioritize}
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    def read_back(self, futures: list[Future]) -> Run:
+        """The run as the database has it: every completed task, in completion order."""
+        infos = self.queue.info(futures) if futures else {}
+        run = Run(self.exp_id, finished=self.queue.experiment_status(self.exp_id) == FINISHED)
+        complete = sorted((i for i in infos.values() if i.status is TaskStatus.COMPLETE),
+                          key=lambda i: (i.finished_at, i.task_id))
+        for info in complete:
+            if (value := value_of(info.result)) is not None:
+                run.add(int(info.tag or 0), value)
+        events = self.queue.events(self.exp_id)
+        run.retrains = sum(1 for e in events if e.kind == "retrain")
+        run.pools_started = sum(1 for e in events if e.kind == "pool_started" and e.data.get("task") == "ackley")
+        return run
+
+
+def main() -> int:
+    """``python -m eqflow.workflows.ackley_gpr <exp_id> <cfg>``: the same as ``eqflow run``."""
+    from eqflow.workflows.main import main as run_main
+
+    return run_main(prog="python -m eqflow.workflows.ackley_gpr")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,15 +1,29 @@
 """PNG plots of a run: best value so far against evaluations (beside a FIFO baseline when
-one was run), and open tasks and pools over time."""
+one was run), and queued/running tasks and pools over time. Retrains are marked on both."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+# Same data, same bytes: no creation date in the files.
+_METADATA = {"Software": None}
+
+
+@dataclass
+class QueueTrace:
+    times: list[float]
+    queued: list[int]
+    running: list[int]
+    pool_times: list[float]
+    pools: list[int]
+    retrain_times: list[float] = field(default_factory=list)
 
 
 def best_so_far(values_in_order: list[float]) -> list[float]:
@@ -20,38 +34,46 @@ def best_so_far(values_in_order: list[float]) -> list[float]:
     return out
 
 
-def plot_best(out: Path, runs: dict[str, list[float]]) -> Path:
+def plot_best(out: Path, runs: dict[str, list[float]], retrain_marks: list[int] | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, values in runs.items():
         ax.plot(range(1, len(values) + 1), best_so_far(values), label=label)
-    ax.set_xlabel("evaluations")
+    for i, mark in enumerate(retrain_marks or []):
+        ax.axvline(mark, color="grey", linestyle=":", linewidth=0.8, label="retrain" if i == 0 else None)
+    ax.set_xlabel("evaluations (in completion order)")
     ax.set_ylabel("best Ackley value so far")
     ax.set_title("Best value found")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
-    path = out / "best_so_far.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "best_so_far.png")
 
 
-def plot_trace(out: Path, trace: list[dict[str, Any]]) -> Path:
+def plot_queue(out: Path, trace: QueueTrace) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    t = [p["t"] for p in trace]
-    ax.plot(t, [p["open"] for p in trace], label="open tasks (queued + running)")
-    ax.set_xlabel("seconds")
+    ax.step(trace.times, trace.queued, where="post", label="queued")
+    ax.step(trace.times, trace.running, where="post", label="running")
+    for i, at in enumerate(trace.retrain_times):
+        ax.axvline(at, color="grey", linestyle=":", linewidth=0.8, label="retrain" if i == 0 else None)
+    ax.set_xlabel("seconds since submission")
     ax.set_ylabel("tasks")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax2 = ax.twinx()
-    ax2.step(t, [p["pools"] for p in trace], where="post", color="tab:red", label="pools")
+    ax2.step(trace.pool_times, trace.pools, where="post", color="tab:red", label="pools (registered, alive)")
     ax2.set_ylabel("pools")
-    ax2.set_ylim(0, max([p["pools"] for p in trace] + [1]) + 1)
-    ax.set_title("Queue depth and pools over time")
-    lines = ax.get_legend_handles_labels()
-    lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper right")
-    path = out / "queue_and_pools.png"
+    ax2.set_ylim(0, max(trace.pools + [1]) + 1)
+    ax2.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("Queue and pools over time (from the database)")
+    lines, labels = ax.get_legend_handles_labels()
+    lines2, labels2 = ax2.get_legend_handles_labels()
+    ax.legend(lines + lines2, labels + labels2, loc="upper right")
+    return _save(fig, out / "queue_and_pools.png")
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, metadata=_METADATA)
     plt.close(fig)
+    tmp.replace(path)
     return path

@@ -1,0 +1,1 @@
+"""Example workflow configs, shipped as package data: `eqflow examples`, `eqflow run <exp_id> --example local`."""
