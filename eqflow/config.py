@@ -235,6 +235,15 @@ class ScalingConfigModel(Model):
     min_system_memory_gib: float = Field(default=1.0, ge=0, description="no new pool with less free memory, GiB")
 
 
+REFERENCES = [  # checked by WorkflowConfig.reference_problems; listed in docs/config.md
+    ("tasks.<name>.pools[]", "pools", ""),
+    ("tasks.<name>.queue", "task_queues", ""),
+    ("task_queues.<name>.db", "dbs", "or a postgresql:// URL, or null"),
+    ("task_queues.<name>.endpoint", "gc_endpoints", "or an endpoint UUID"),
+    ("pools.<name>.gc_endpoint", "gc_endpoints", ""),
+]
+
+
 def _default_dbs() -> dict[str, DbConfig]:
     return {"main": DbConfig.model_validate({})}
 
@@ -275,7 +284,7 @@ class WorkflowConfig(Model):
     extra_pools_after_retrain: list[int] = Field(default_factory=lambda: [2, 4],
                                                  description="start one more Ackley pool after these retrains "
                                                              "(without dynamic scaling)")
-    output_dir: str = Field(default="out", description="outputs go to <output_dir>/<exp_id>/")
+    output_dir: str = Field(default="out", description="outputs go to `<output_dir>/<exp_id>/`")
     seed: int = Field(default=0, description="random seed of the sample and the sleeps")
 
     @model_validator(mode="after")
@@ -361,7 +370,8 @@ def _looks_like_uuid(value: str) -> bool:
 # --- checking raw data against the models, with suggestions --------------------------------
 
 
-def _unwrap(tp: Any) -> tuple[Any, str | None]:
+def unwrap_annotation(tp: Any) -> tuple[Any, str | None]:
+    """``Annotated[X, Field(discriminator=...)]`` -> (X, the discriminator); else (tp, None)."""
     discriminator = None
     if get_origin(tp) is Annotated:
         tp, *meta = get_args(tp)
@@ -381,7 +391,7 @@ def _key(path: list[str | int]) -> str:
 def shape_problems(value: Any, tp: Any, path: list[str | int]) -> list[str]:
     """Unknown keys and values outside a fixed set of choices, at any depth of ``value`` read as
     ``tp``, each with a suggestion. Type and range errors are left to pydantic."""
-    tp, discriminator = _unwrap(tp)
+    tp, discriminator = unwrap_annotation(tp)
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         return _union_problems(value, tp, discriminator, path)
