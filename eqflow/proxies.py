@@ -23,6 +23,12 @@ def make_store(kind: str = "file", path: str = "out/proxystore", hostname: str |
 
         connector: Any = FileConnector(path)
     elif kind == "redis":
+        try:
+            import redis  # noqa: F401 - ProxyStore's RedisConnector needs it
+        except ImportError:
+            from eqflow.errors import ConfigError
+
+            raise ConfigError("proxystore type redis needs the redis client: pip install 'eqflow[redis]'") from None
         from proxystore.connectors.redis import RedisConnector
 
         connector = RedisConnector(hostname or "localhost", port or 6379)
