@@ -55,7 +55,7 @@ def _stop(args: argparse.Namespace) -> int:
         return 2
     from eqflow.queue import LocalTaskQueue
 
-    with LocalTaskQueue(args.db) as queue:
+    with LocalTaskQueue(args.db, create_db=False) as queue:
         names = queue.stop_pools(args.type, StopMode.NOW if args.now else StopMode.DRAIN)
     print(json.dumps({"stop_requested": names, "mode": "now" if args.now else "drain"}))
     return 0
@@ -64,7 +64,7 @@ def _stop(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from eqflow.queue import LocalTaskQueue
 
-    with LocalTaskQueue(args.db) as queue:
+    with LocalTaskQueue(args.db, create_db=False) as queue:
         pools = queue.pools(active_only=not args.all)
         decisions = queue.db.fetch_all("recent_decisions", {"limit": args.decisions})
     rows: list[dict[str, Any]] = [
