@@ -132,3 +132,14 @@ def test_installed_wheel_runs_the_demo_from_another_directory(installed, db_url,
                               timeout=300)
     assert repo_run.returncode == 0, repo_run.stderr[-3000:]
     assert "finished earlier" in repo_run.stderr
+
+
+def test_service_says_where_it_listens(db_url):
+    from tests.service_fixtures import ServiceProcess
+
+    service = ServiceProcess(db_url).start()
+    try:
+        log = (service.dir / "log").read_text()
+        assert f"listening on http://127.0.0.1:{service.port}" in log, log
+    finally:
+        service.cleanup()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from eqflow.config import PoolConfig, WorkflowConfig
+from eqflow.globus import globus_executor
 from eqflow.workers.launchers import (
     ExecutorLauncher,
     JobSpec,
@@ -91,17 +92,6 @@ def make_launcher(pool: PoolConfig, cfg: WorkflowConfig, out: Path, executors: d
             raise ValueError(f"pool needs gc_endpoint naming an entry of gc_endpoints, got {pool.gc_endpoint!r}")
         executor = executors[endpoint_name] = globus_executor(endpoint)
     return ExecutorLauncher(executor, pool.remote_launcher, job)
-
-
-def globus_executor(endpoint_id: str) -> Any:
-    """globus_compute_sdk's Executor for an endpoint, or a clear error naming the extra."""
-    try:
-        from globus_compute_sdk import Executor  # type: ignore[import-not-found]
-    except ImportError:
-        from eqflow.errors import ConfigError
-
-        raise ConfigError("pools of type globus need globus-compute-sdk: pip install 'eqflow[globus]'") from None
-    return Executor(endpoint_id=endpoint_id)
 
 
 @dataclass
