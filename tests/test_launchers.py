@@ -39,6 +39,27 @@ def test_local_launcher_runs_and_cancels_a_pool(queue, db_url):
     assert sql(db_url, "SELECT launcher, pid::text, status FROM pools") == [("local", job, "stopped")]
 
 
+def test_the_database_password_never_reaches_a_command_line(queue, db_url, tmp_path):
+    import psycopg
+
+    password = psycopg.conninfo.conninfo_to_dict(db_url)["password"]
+    launcher = LocalLauncher()
+    job = launcher.start(PoolSpec([1], fn="eqflow.workers.tasks:sleep", db_url=db_url, name="secret"))
+    try:
+        assert wait_for(lambda: sql(db_url, "SELECT count(*) FROM pools WHERE status = 'running'") == [(1,)])
+        cmdline = Path(f"/proc/{job}/cmdline").read_bytes().decode()
+        assert "secret" in cmdline and password not in cmdline  # the pool did connect: from its environment
+    finally:
+        launcher.cancel(job)
+        wait(launcher, job, timeout=30)
+    job_spec = JobSpec(output_dir=str(tmp_path))
+    text = SlurmLauncher(job_spec).script(PoolSpec([1], fn="m:f", db_url="postgresql://u:s3cr3t@h/db"))
+    assert "s3cr3t" not in text
+    [secret] = [p for p in tmp_path.iterdir() if "eqflow_db_url" in p.name]
+    assert secret.read_text() == "postgresql://u:s3cr3t@h/db" and secret.stat().st_mode & 0o777 == 0o600
+    assert f'export EQFLOW_DB_URL="$(cat {secret})"' in text
+
+
 # -- SLURM ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def slurm():

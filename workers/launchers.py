@@ -69,9 +69,10 @@ class PoolSpec:
                 "--name", self.name, "--batch-size", str(self.batch_size), "--threshold", str(self.threshold),
                 "--lease", str(self.lease)]
         args += ["--fn", self.fn] if self.fn else ["--cmd", self.cmd or ""]
+        # The database URL (with its password) never goes on the command line, where `ps` shows
+        # it to every user: it travels in the environment (see environment()).
         optional: dict[str, Any] = {"--workers": self.workers, "--timeout": self.timeout,
-                                    "--mem-limit-mb": self.mem_limit_mb, "--idle-exit": self.idle_exit,
-                                    "--db": self.db_url}
+                                    "--mem-limit-mb": self.mem_limit_mb, "--idle-exit": self.idle_exit}
         for flag, value in optional.items():
             if value is not None:
                 args += [flag, str(value)]
@@ -80,6 +81,10 @@ class PoolSpec:
         if self.gpu:
             args += ["--gpu", "--workers-per-gpu", str(self.workers_per_gpu)]
         return args
+
+    def environment(self) -> dict[str, str]:
+        """What the pool process needs in its environment: the database URL, if one is set."""
+        return {"EQFLOW_DB_URL": self.db_url} if self.db_url else {}
 
 
 @dataclass
@@ -139,7 +144,7 @@ class LocalLauncher:
         if self.log_dir:
             Path(self.log_dir).mkdir(parents=True, exist_ok=True)
             out = open(Path(self.log_dir) / f"{pool.name}-{time.time_ns()}.log", "wb")  # noqa: SIM115
-        env = dict(os.environ, EQFLOW_LAUNCHER="local")
+        env = dict(os.environ, EQFLOW_LAUNCHER="local", **pool.environment())
         proc = subprocess.Popen(pool.argv(), stdout=out, stderr=subprocess.STDOUT if self.log_dir else out,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         self._children[str(proc.pid)] = proc
@@ -188,11 +193,26 @@ def render_script(template_name: str, job: JobSpec, pool: PoolSpec, directive: s
         "directives": "\n".join(f"{directive} {d}" for d in job.directives),
         "workdir": shlex.quote(str(Path(job.workdir).resolve())),
         "setup": "\n".join(job.setup),
-        "env": "\n".join(f"export {k}={shlex.quote(v)}" for k, v in job.env.items()),
+        "env": "\n".join(f"export {k}={shlex.quote(v)}" for k, v in job.env.items()) + _secret_env(job, pool),
         "command": shlex.join(pool.argv()),
         **extra,
     }
     return Template(text).substitute(values)
+
+
+def _secret_env(job: JobSpec, pool: PoolSpec) -> str:
+    """Lines that load the pool's secret environment (the database URL) from a file only its
+    owner can read, so neither the job script nor the scheduler's records hold the password."""
+    lines = []
+    for key, value in pool.environment().items():
+        folder = Path(job.output_dir).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f".{job.job_name}-{key.lower()}-{time.time_ns()}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(value)
+        lines.append(f'export {key}="$(cat {shlex.quote(str(path))})"')
+    return ("\n" if lines else "") + "\n".join(lines)
 
 
 def _write_script(job: JobSpec, text: str, suffix: str) -> Path:
