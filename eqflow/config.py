@@ -306,9 +306,9 @@ class WorkflowConfig(Model):
     def _task_references(self) -> list[str]:
         problems = []
         for name, task in self.tasks.items():
-            for i, pool_name in enumerate(task.pools):
+            for pool_name in task.pools:
                 if pool_name not in self.pools:
-                    problems.append(f"tasks.{name}.pools[{i}]: no pool named {pool_name!r}"
+                    problems.append(f"tasks.{name}.pools: no pool named {pool_name!r}"
                                     f"{suggest(pool_name, self.pools)}")
             if task.queue not in self.task_queues:
                 problems.append(f"tasks.{name}.queue: no task_queues entry named {task.queue!r}"
