@@ -148,6 +148,21 @@ def test_budget_is_enforced_in_the_database_and_every_completion_recorded(tmp_pa
     assert alive == [(0,)]  # every pool of the run was stopped
 
 
+def test_the_recorded_config_holds_no_secrets(tmp_path, db_url):
+    import psycopg
+
+    from eqflow.workflows.ackley_gpr import public_config
+
+    path = tiny_config(tmp_path, db_url)
+    raw = yaml.safe_load(path.read_text())
+    raw["task_queues"]["svc"] = {"type": "service", "url": "http://127.0.0.1:1", "token": "tok-s3cr3t"}
+    path.write_text(yaml.safe_dump(raw))
+    recorded = json.dumps(public_config(load_workflow_config(path)))
+    assert "tok-s3cr3t" not in recorded
+    password = psycopg.conninfo.conninfo_to_dict(db_url)["password"]
+    assert password not in recorded and "***" in recorded
+
+
 def test_rerunning_a_finished_experiment_changes_nothing(tmp_path, db_url):
     cfg = tiny_config(tmp_path, db_url, search_space_size=30, num_guesses=20, retrain_after=8,
                       extra_pools_after_retrain=[1])

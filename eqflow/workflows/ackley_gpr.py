@@ -53,6 +53,25 @@ def value_of(result: str | None) -> float | None:
     return None if result is None else float(json.loads(result)["y"])
 
 
+def public_config(cfg: WorkflowConfig) -> dict[str, Any]:
+    """The config as recorded with the experiment: tokens and passwords left out."""
+    import psycopg
+
+    data = cfg.model_dump(mode="json")
+    for entry in data.get("task_queues", {}).values():
+        if entry.get("token"):
+            entry["token"] = "***"
+    for db in data.get("dbs", {}).values():
+        if db.get("url"):
+            try:
+                parts = psycopg.conninfo.conninfo_to_dict(db["url"])
+            except psycopg.ProgrammingError:
+                parts = {}
+            if parts.get("password"):
+                db["url"] = db["url"].replace(str(parts["password"]), "***")
+    return data
+
+
 @dataclass
 class Run:
     """What a run did, read back from the database: values in completion order."""
@@ -112,7 +131,7 @@ class AckleyGPR:
             log.info("re-attached", extra={"exp_id": self.exp_id, "tasks": len(attached)})
             return attached
         if hasattr(self.queue, "create_experiment"):
-            self.queue.create_experiment(self.exp_id, self.cfg.model_dump())
+            self.queue.create_experiment(self.exp_id, public_config(self.cfg))
         delays = sample_delays(self.cfg)
         payloads = [json.dumps({"x": p.tolist(), "delay": float(d)}) for p, d in zip(self.points, delays, strict=True)]
         return self.queue.submit_many(self.exp_id, self.ackley_type, payloads,

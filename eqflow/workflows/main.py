@@ -44,14 +44,9 @@ def config_path(args: argparse.Namespace) -> Path:
 
 
 def open_queue(cfg: WorkflowConfig, name: str, announce: Any = None) -> Any:
-    from eqflow.db.resolve import resolve_url
-    from eqflow.task_queues import make_task_queue
+    from eqflow.task_queues import open_task_queue
 
-    entry = dict(cfg.task_queues[name])
-    if entry.get("type") == "local" and entry.get("db") in cfg.dbs:
-        url = cfg.db_url(entry["db"])  # a dbs: name -> its URL (None: embedded)
-        entry["db"] = resolve_url(url, announce=announce)
-    return make_task_queue(name, entry)
+    return open_task_queue(cfg, name, announce=announce)
 
 
 def run_db_commands(cfg: WorkflowConfig, which: str) -> None:
