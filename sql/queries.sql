@@ -259,3 +259,42 @@ ORDER BY event_id;
 -- An experiment's row may not exist yet (a transport that submits without creating it).
 INSERT INTO experiments (exp_id, status) VALUES (%(exp_id)s, %(status)s)
 ON CONFLICT (exp_id) DO UPDATE SET status = EXCLUDED.status;
+
+-- name: compat_submit_tasks
+-- EQ-SQL compatibility: submit_tasks, and each task listed as "result not read yet".
+WITH ins AS (
+    INSERT INTO tasks (exp_id, task_type, payload, priority, tag, max_attempts)
+    SELECT %(exp_id)s, %(task_type)s, p.payload, %(priority)s, %(tag)s, %(max_attempts)s
+    FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS p(payload, ord)
+    ORDER BY p.ord
+    RETURNING task_id),
+unread AS (
+    INSERT INTO compat_unread_results (task_id) SELECT task_id FROM ins)
+SELECT task_id FROM ins;
+
+-- name: compat_read_results
+-- EQ-SQL compatibility: the state of tasks; the finished ones count as read from now on.
+WITH t AS (
+    SELECT task_id, exp_id, status, result, error, pool FROM tasks
+    WHERE task_id = ANY(%(task_ids)s::bigint[])),
+marked AS (
+    DELETE FROM compat_unread_results u USING t
+    WHERE u.task_id = t.task_id AND t.status IN ('complete', 'failed', 'canceled'))
+SELECT task_id, exp_id, status::text, result, error, pool FROM t;
+
+-- name: compat_queues_empty
+-- EQ-SQL's two queues: nothing queued (its output queue), no result reported and unread (its
+-- input queue; a task failed for good counts as reported).
+SELECT NOT EXISTS (
+           SELECT 1 FROM tasks
+           WHERE status = 'queued' AND (%(task_type)s::integer IS NULL OR task_type = %(task_type)s))
+   AND NOT EXISTS (
+           SELECT 1 FROM compat_unread_results u JOIN tasks t ON t.task_id = u.task_id
+           WHERE t.status IN ('complete', 'failed')
+             AND (%(task_type)s::integer IS NULL OR t.task_type = %(task_type)s));
+
+-- name: compat_clear_unread
+-- EQ-SQL's clear_queues empties its input queue too: unread results count as read (and
+-- canceled tasks, which never have one, are no longer listed).
+DELETE FROM compat_unread_results u USING tasks t
+WHERE u.task_id = t.task_id AND t.status IN ('complete', 'failed', 'canceled');

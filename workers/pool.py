@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_connections
 from typing import Protocol
 
+from eqflow.compat.eqsql import EQ_STOP
 from eqflow.logs import setup_logging
 from eqflow.models import ClaimedTask, StopMode
 from eqflow.queue import LocalTaskQueue
@@ -68,6 +69,7 @@ class Pool:
         self.queue = queue
         self.cfg = cfg
         self.waiting: deque[ClaimedTask] = deque()  # claimed, not yet started
+        self.parked_stops: list[ClaimedTask] = []  # EQ-SQL stop messages for other pools
         self.completed = 0
         self.failed = 0
         self._stop_mode: StopMode | None = None
@@ -111,7 +113,7 @@ class Pool:
                 if want >= cfg.threshold and news:
                     wait_s = 0.0 if in_hand else min(cfg.heartbeat_s, 1.0)
                     claimed = self.queue.claim(cfg.task_types, n=want, pool=self.pool_name, timeout=wait_s)
-                    self.waiting.extend(claimed)
+                    self.waiting.extend(self._take_stop_messages(claimed))
                     starved_since = time.monotonic() if len(claimed) < want else None
                     if claimed:
                         idle_since = time.monotonic()
@@ -130,6 +132,23 @@ class Pool:
             stop_inbox.close()
         return self.completed
 
+    def _take_stop_messages(self, claimed: list[ClaimedTask]) -> list[ClaimedTask]:
+        """The claimed tasks that are work. EQ-SQL's stop_worker_pool queues an EQ_STOP task
+        of the type for one pool to read: this pool consumes the first it claims and drains.
+        Others (for other pools, or read while already stopping) are held until this pool
+        stops, then go back to the queue (released now, they would be claimed again at once)."""
+        stops = [t for t in claimed if t.payload == EQ_STOP]
+        if not stops:
+            return claimed
+        if self._stop_mode is None:
+            self.queue.report([(stops[0], EQ_STOP)])
+            self.request_stop(StopMode.DRAIN)
+            log.info("EQ-SQL stop message read: draining", extra={"pool": self.pool_name,
+                                                                   "task_id": stops[0].task_id})
+            stops = stops[1:]
+        self.parked_stops.extend(stops)
+        return [t for t in claimed if t.payload != EQ_STOP]
+
     def _dispatch(self, runner: _Runner) -> None:
         while self.waiting and runner.has_free_slot():
             runner.start(self.waiting.popleft())
@@ -138,7 +157,7 @@ class Pool:
         mode = self.queue.pool_heartbeat(self.pool_id)
         if mode is not None:
             self.request_stop(mode)
-        held = list(self.waiting) + runner.held()
+        held = list(self.waiting) + runner.held() + self.parked_stops
         if held:
             self.queue.extend_leases(held)
 
@@ -152,8 +171,9 @@ class Pool:
             self.queue.report_failure(failures)
 
     def _shutdown(self, runner: _Runner) -> None:
-        unfinished = list(self.waiting) + runner.held()
+        unfinished = list(self.waiting) + runner.held() + self.parked_stops
         self.waiting.clear()
+        self.parked_stops.clear()
         runner.close()
         if unfinished:
             returned = self.queue.release(unfinished)
