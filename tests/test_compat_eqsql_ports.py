@@ -419,6 +419,19 @@ def test_as_completed_after_close_yields_aborts(eq):
     assert len(list(eq.as_completed(popped, pop=True, n=2))) == 2 and len(popped) == 1
 
 
+def test_as_completed_when_the_database_is_unreachable_yields_aborts(eq, db_url, admin_url):
+    _, futs = eq.submit_tasks("exp", 0, ["a", "b"])
+    name = psycopg.conninfo.conninfo_to_dict(db_url)["dbname"]
+    sql(admin_url, f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false")  # generated identifier
+    sql(admin_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+    try:
+        got = list(eq.as_completed(futs, timeout=None))  # gives up after the reconnect deadline
+        assert [f.eq_task_id for f in got] == [f.eq_task_id for f in futs]
+    finally:
+        sql(admin_url, f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true")
+    assert futs[0].result(timeout=0) == (ResultStatus.FAILURE, EQ_TIMEOUT)  # back: looked again
+
+
 # -- 5. are_queues_empty as EQ-SQL answers it -----------------------------------------------------
 
 def test_are_queues_empty_follows_eqsql_queues(eq):

@@ -319,34 +319,14 @@ class LocalTaskQueue:
         result() then being (FAILURE, EQ_ABORT), as EQ-SQL does.
         """
         work = list(futures)
-        by_id = {f.eq_task_id: f for f in work}
         target = len(work) if n is None else min(validate.count(n, "n", 1, 10**9), len(work))
         yielded: set[int] = set()
-        try:
-            self._check_open()
-            core: Iterator[CoreFuture] = core_as_completed([f._core for f in work], timeout=timeout, n=n,
-                                                           batch_size=batch_size)
-        except _Closed:
-            core = iter(())
-            self.logger.error("as_completed: the task queue is closed")
-        while True:
-            try:
-                done = next(core, None)
-                if done is None:
-                    break
-                fut = by_id[done.task_id]
-                if fut._result is None:
-                    fut._settle(self._read_rows([fut.eq_task_id])[fut.eq_task_id])
-            except builtins.TimeoutError as exc:
-                raise TimeoutError(str(exc)) from None
-            except (*_FAILURES, _Closed):
-                self._fail("as_completed")
-                break
+        for fut in self._finished_and_read(work, timeout, n, batch_size):
             if pop:
                 futures.remove(fut)
             yielded.add(fut.eq_task_id)
             yield fut
-        for fut in work:  # an abort: every future not yielded yet, as EQ-SQL does
+        for fut in work:  # the database failed: every future not yielded yet, as EQ-SQL does
             if len(yielded) >= target:
                 return
             if fut.eq_task_id not in yielded:
@@ -354,6 +334,34 @@ class LocalTaskQueue:
                     futures.remove(fut)
                 yielded.add(fut.eq_task_id)
                 yield fut
+
+    def _finished_and_read(self, work: list[Future], timeout: float | None, n: int | None,
+                           batch_size: int) -> Iterator[Future]:
+        """The futures as they finish, each result read; ends early if the database fails."""
+        if self._closed:
+            self.logger.error("as_completed: the task queue is closed")
+            return
+        by_id = {f.eq_task_id: f for f in work}
+        core = core_as_completed([f._core for f in work], timeout=timeout, n=n, batch_size=batch_size)
+        try:
+            while True:
+                try:
+                    done = next(core, None)
+                    if done is None:
+                        return
+                    fut = by_id[done.task_id]
+                    if fut._result is None:
+                        fut._settle(self._read_rows([fut.eq_task_id])[fut.eq_task_id])
+                except builtins.TimeoutError as exc:
+                    raise TimeoutError(str(exc)) from None
+                except (*_FAILURES, _Closed):
+                    self._fail("as_completed")
+                    return
+                yield fut
+        finally:
+            close = getattr(core, "close", None)
+            if close is not None:
+                close()  # its completion watch, now rather than at garbage collection
 
     def pop_completed(self, futures: list[Future], timeout: float | None = None, sleep: float = 0) -> Future:
         return next(self.as_completed(futures, pop=True, timeout=timeout, n=1))
@@ -575,5 +583,11 @@ def init_task_queue(host: str | None, user: str | None, port: int | None, db_nam
     log.setLevel(log_level)
     params: dict[str, Any] = {"host": host, "user": user, "port": port, "dbname": db_name, "password": password}
     url = psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v is not None})
-    core = CoreQueue(url, lease_s=lease, reconnect_timeout=max(10.0, 5.0 * retry_threshold))
+    # EQ-SQL's Swift/T glue opens a queue per call: bring the schema up to date once per process.
+    core = CoreQueue(url, lease_s=lease, reconnect_timeout=max(10.0, 5.0 * retry_threshold),
+                     migrate=url not in _migrated)
+    _migrated.add(url)
     return LocalTaskQueue(core, log)
+
+
+_migrated: set[str] = set()
