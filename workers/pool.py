@@ -232,6 +232,8 @@ class _ProcessRunner:
             elif (why := slot.died()) is not None:
                 outcomes.append((slot.task, False, why))
                 slot.restart()
+        for slot in self.slots:
+            slot.replace_if_dead()
         return outcomes
 
     def held(self) -> list[ClaimedTask]:

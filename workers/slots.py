@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import multiprocessing as mp
 import os
 import resource
@@ -22,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
+
+log = logging.getLogger("eqflow.pool")
 
 
 @dataclass(frozen=True)
@@ -129,9 +132,27 @@ class Slot:
         return self.task is not None
 
     def submit(self, spec: TaskSpec, task: Any) -> None:
+        """Hand a task to the worker; a worker that died while idle (killed, OOM) is replaced
+        first, so its death costs nothing but a restart."""
+        if (why := self.died()) is not None:
+            self._replace(why)
         self.task = task
         self.started_at = time.monotonic()
-        self.conn.send((spec, task.task_id, task.payload))
+        try:
+            self.conn.send((spec, task.task_id, task.payload))
+        except OSError as exc:  # died between the check and the send
+            self._replace(f"{self.died() or 'worker pipe broken'} ({type(exc).__name__})")
+            self.task = task
+            self.conn.send((spec, task.task_id, task.payload))
+
+    def replace_if_dead(self) -> None:
+        """An idle worker that died (killed, OOM-killed) is replaced at once."""
+        if not self.busy and (why := self.died()) is not None:
+            self._replace(why)
+
+    def _replace(self, why: str) -> None:
+        log.warning("worker replaced", extra={"worker": self.index, "reason": why})
+        self.restart()
 
     def take_result(self) -> tuple[Any, tuple[bool, str]]:
         outcome = self.conn.recv()
