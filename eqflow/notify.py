@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import psycopg
 
@@ -34,6 +35,9 @@ class Inbox:
         self._payloads: list[str] = []
         self._signaled = False
         self._resync = False
+        # Called (from the listener thread) after each delivery: lets an asyncio waiter be
+        # woken with loop.call_soon_threadsafe instead of blocking a thread in wait().
+        self.on_signal: Callable[[], None] | None = None
 
     def _deliver(self, payload: str | None) -> None:
         with self._cond:
@@ -43,6 +47,12 @@ class Inbox:
                 self._payloads.append(payload)
             self._signaled = True
             self._cond.notify_all()
+        callback = self.on_signal
+        if callback is not None:
+            try:
+                callback()
+            except Exception:  # a waiter's loop that is gone must not stop the listener
+                log.debug("inbox wake-up callback failed", exc_info=True)
 
     def clear(self) -> None:
         with self._cond:
