@@ -15,11 +15,12 @@ def fit(x: np.ndarray, y: np.ndarray, seed: int = 0) -> Any:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.gaussian_process import GaussianProcessRegressor
     from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+    from threadpoolctl import threadpool_limits
 
     # One smooth length scale for Ackley's bowl; its cosine ripples are left to the noise term.
     kernel = ConstantKernel(1.0) * RBF(20.0, (5.0, 200.0)) + WhiteKernel(0.1, (1e-3, 10.0))
     model = GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=1, random_state=seed)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)  # hyperparameters at a bound are fine here
         return model.fit(x, y)
 
