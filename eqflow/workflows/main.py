@@ -128,8 +128,20 @@ def main(argv: list[str] | None = None, prog: str = "eqflow run") -> int:
     finally:
         queue.close()
         run_db_commands(cfg, "stop")
-    print(json.dumps({**summary, "output": str(Path(cfg.output_dir) / args.exp_id)}))
+    out = Path(cfg.output_dir) / args.exp_id
+    _say(human_summary(summary, out))
+    print(json.dumps({**summary, "output": str(out)}))
     return 0
+
+
+def human_summary(summary: dict[str, Any], out: Path) -> str:
+    best = summary.get("best")
+    line = (f"{summary['exp_id']}: {summary['status']} - {summary['evaluated']} evaluated "
+            f"(budget {summary['num_guesses']}), best {best:.3f} after {summary['evaluations_to_best']} "
+            f"evaluations" if best is not None else f"{summary['exp_id']}: {summary['status']} - nothing evaluated")
+    if (fifo := summary.get("baseline")) and fifo.get("best") is not None:
+        line += f" (FIFO: {fifo['best']:.3f} after {fifo['evaluations_to_best']})"
+    return line + f"; outputs in {out}/"
 
 
 if __name__ == "__main__":
