@@ -474,7 +474,7 @@ def test_clear_queues_cancels_queued_and_drops_unread_results(eq):
 # -- 6. claims are leased and kept alive while the claiming process lives ------------------------
 
 def test_claim_of_a_killed_process_comes_back_within_the_lease(queue, db_url, db_env, tmp_path):
-    lease = 1.5
+    lease = 3.0  # heartbeats every second: two seconds of slack on a busy machine
     fut = queue.submit("exp", 6, "work")
     script = _script(tmp_path, "claim.py", CLAIM_AND_HANG)
     proc = subprocess.Popen([sys.executable, script, "6"], env={**db_env, "EQFLOW_COMPAT_LEASE_S": str(lease)},
@@ -482,7 +482,7 @@ def test_claim_of_a_killed_process_comes_back_within_the_lease(queue, db_url, db
     try:
         assert proc.stdout is not None
         assert int(proc.stdout.readline()) == fut.task_id
-        time.sleep(3 * lease)  # the claiming process lives: its leases are extended
+        time.sleep(2 * lease)  # the claiming process lives: its leases are extended
         assert fut.task_id not in queue.rescue_expired()
         assert fut.status.value == "running"
         proc.send_signal(signal.SIGKILL)
@@ -497,11 +497,11 @@ def test_claim_of_a_killed_process_comes_back_within_the_lease(queue, db_url, db
 def test_lease_kept_after_close_until_reported(db_url):
     info = psycopg.conninfo.conninfo_to_dict(db_url)
     args = (info["host"], info["user"], int(info["port"]), info["dbname"])
-    first = eqsql.init_task_queue(*args, password=info["password"], lease_s=1.0)
+    first = eqsql.init_task_queue(*args, password=info["password"], lease_s=2.0)
     _, fut = first.submit_task("exp", 0, "p")
     msg = first.query_task(0, timeout=1)
     first.close()
-    time.sleep(3.0)
+    time.sleep(5.0)  # two and a half leases
     second = eqsql.init_task_queue(*args, password=info["password"])
     try:
         assert fut.eq_task_id not in second.queue.rescue_expired()

@@ -39,6 +39,8 @@ Remaining differences from EQ-SQL:
   again (EQ-SQL's second pop times out).
 * ``clear_queues`` cancels queued tasks and marks unread results read; it does not turn
   completed tasks into canceled ones.
+* ``cancel_tasks`` returns the canceled ids (as EQ-SQL's newer modules; its older ``local``
+  module returned a count).
 * ``cancel_tasks``/``update_priorities`` are all or nothing: an unknown id changes nothing and
   gives FAILURE. ``submit_tasks`` is one statement: all submitted, or none.
 * With n > 1, ``query_task`` returns tasks in priority order (EQ-SQL: task-id order).
