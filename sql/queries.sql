@@ -298,3 +298,44 @@ SELECT NOT EXISTS (
 -- canceled tasks, which never have one, are no longer listed).
 DELETE FROM compat_unread_results u USING tasks t
 WHERE u.task_id = t.task_id AND t.status IN ('complete', 'failed', 'canceled');
+
+-- Administration: migrations, the embedded cluster and the benchmark's scratch database.
+
+-- name: schema_version_table
+CREATE TABLE IF NOT EXISTS eqflow_schema_version (
+    version     integer PRIMARY KEY,
+    name        text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: schema_version_table_exists
+SELECT to_regclass('eqflow_schema_version') IS NOT NULL;
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM eqflow_schema_version;
+
+-- name: record_migration
+INSERT INTO eqflow_schema_version (version, name) VALUES (%(version)s, %(name)s);
+
+-- name: advisory_lock
+SELECT pg_advisory_lock(%(key)s);
+
+-- name: advisory_unlock
+SELECT pg_advisory_unlock(%(key)s);
+
+-- name: create_eqflow_database
+-- The embedded cluster's database: a constant identifier (CREATE DATABASE takes no parameters).
+CREATE DATABASE eqflow;
+
+-- name: bench_database_exists
+SELECT 1 FROM pg_database WHERE datname = 'eqflow_bench';
+
+-- name: create_bench_database
+CREATE DATABASE eqflow_bench;
+
+-- name: bench_truncate
+-- Every table the benchmark writes, emptied before a run.
+TRUNCATE tasks, pools, experiments, submissions, scaling_decisions, experiment_events, compat_unread_results;
+
+-- name: server_durability
+SELECT current_setting('fsync'), current_setting('synchronous_commit');

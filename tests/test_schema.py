@@ -32,6 +32,9 @@ def test_every_named_query_prepares(db_url):
     """Each statement in sql/queries.sql parses and plans against the schema."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         for name, text in queries().items():
+            body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--")).strip()
+            if body.split()[0].upper() in ("CREATE", "TRUNCATE"):
+                continue  # utility statements cannot be prepared; migrate, embedded and bench run them
             conn.execute("BEGIN")
             try:
                 # PREPARE checks names and types without running anything.

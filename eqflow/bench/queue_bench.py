@@ -20,6 +20,7 @@ import psycopg
 
 from eqflow.db.migrate import upgrade
 from eqflow.db.resolve import resolve_url
+from eqflow.db.sqlfiles import query
 from eqflow.queue import LocalTaskQueue
 
 EXP = "bench"
@@ -29,13 +30,12 @@ def bench_database(url: str | None) -> str:
     """A fresh, migrated ``eqflow_bench`` database next to the configured one."""
     base = resolve_url(url, migrate=False)
     with psycopg.connect(base, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'eqflow_bench'").fetchone()
-        if not exists:
-            conn.execute("CREATE DATABASE eqflow_bench")
+        if not conn.execute(query("bench_database_exists")).fetchone():
+            conn.execute(query("create_bench_database"))
     bench_url = psycopg.conninfo.make_conninfo(base, dbname="eqflow_bench")
     upgrade(bench_url)
     with psycopg.connect(bench_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE tasks, pools, experiments, submissions, scaling_decisions")
+        conn.execute(query("bench_truncate"))
     return bench_url
 
 
@@ -154,8 +154,7 @@ def run(url: str | None = None, *, n_submit: int = 10_000, n_e2e: int = 20_000, 
     queue = LocalTaskQueue(bench_url, migrate=False)
     try:
         with psycopg.connect(bench_url) as conn:
-            fsync = conn.execute("SHOW fsync").fetchone()
-            sync_commit = conn.execute("SHOW synchronous_commit").fetchone()
+            fsync, sync_commit = conn.execute(query("server_durability")).fetchone() or (None, None)
         say("bulk submit")
         submit = bench_submit(queue, n_submit)
         say("end to end")
@@ -179,8 +178,8 @@ def run(url: str | None = None, *, n_submit: int = 10_000, n_e2e: int = 20_000, 
         "futures": n_futures,
         "futures_peak_rss_mb": round(rss, 1),
         "bench_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "fsync": fsync[0] if fsync else None,
-        "synchronous_commit": sync_commit[0] if sync_commit else None,
+        "fsync": fsync,
+        "synchronous_commit": sync_commit,
         "cpus": os.cpu_count(),
     }
 

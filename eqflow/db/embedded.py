@@ -261,9 +261,11 @@ class EmbeddedPostgres:
     def _run_psql_create_db(self, bin_dir: Path, state: ClusterState) -> None:
         import psycopg  # local import: the embedded helper is usable without a pool
 
+        from eqflow.db.sqlfiles import query
+
         with psycopg.connect(host="127.0.0.1", port=state.port, user=DB_USER,
                              password=state.password, dbname="postgres", autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {DB_NAME}")  # constant identifier, no values
+            conn.execute(query("create_eqflow_database"))
 
     def _log_path(self, state: ClusterState) -> Path:
         """Beside the data folder when that had to move out of ``home`` (the server user cannot
