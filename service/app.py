@@ -7,14 +7,21 @@ never database credentials.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import html
+import logging
 import os
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Annotated, Any
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypeVar
 
+import anyio
+import anyio.to_thread
+import psycopg
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -23,9 +30,15 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 import eqflow
 from eqflow import errors
+from eqflow.db.resolve import resolve_url
+from eqflow.notify import Inbox, done_ids
 from eqflow.queue import LocalTaskQueue
-from eqflow.remote import error_dict, run_op
+from eqflow.remote import MAX_WAIT_S, error_dict, run_op
 from eqflow.service.config import ServiceConfig, load_config
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+HEALTH_TTL_S = 0.5  # a database probe's answer is reused this long (at most ~2 probes a second)
 
 STATUS = {"InvalidInput": 422, "PayloadTooLarge": 413, "UnknownTask": 404, "DatabaseUnavailable": 503,
           "AmbiguousCommit": 503, "ConfigError": 400, "AuthError": 401}
@@ -113,50 +126,98 @@ def _error(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": {"type": kind, "message": message, **extra}}, status_code=status)
 
 
-class BodyLimit:
-    """Refuses request bodies over the limit (declared or streamed) with 413, before parsing."""
+def _token_ok(tokens: list[bytes], authorization: bytes | str | None) -> bool:
+    """Whether an Authorization header carries one of the tokens (every token is compared, always:
+    timing tells nothing)."""
+    if isinstance(authorization, bytes):
+        authorization = authorization.decode("latin-1")
+    scheme, _, offered = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer":
+        offered = ""
+    ok = False
+    for token in tokens:
+        ok |= hmac.compare_digest(offered.strip().encode("latin-1", "replace"), token)
+    return ok and bool(offered)
 
-    def __init__(self, app: Any, limit: int) -> None:
+
+def _closing(response: JSONResponse) -> JSONResponse:
+    """The connection is closed after this answer: a body the client may still be sending is not read."""
+    response.headers["Connection"] = "close"
+    return response
+
+
+def _unauthorized_response() -> JSONResponse:
+    response = _error(401, "AuthError", "missing or invalid bearer token")
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class Guard:
+    """In front of the app, before any body byte is read: a /v1 request without a valid bearer
+    token is answered 401 and its connection closed; a body declared over the limit is refused
+    with 413. Then the body is read with a per-read timeout (a client that goes silent mid-body
+    is answered 408 and dropped) and a size limit (for bodies without a declared length)."""
+
+    def __init__(self, app: Any, tokens: list[bytes], limit: int, body_timeout_s: float) -> None:
         self.app = app
+        self.tokens = tokens
         self.limit = limit
+        self.body_timeout_s = body_timeout_s
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
-                       send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        too_big = _error(413, "PayloadTooLarge", f"request body over the limit of {self.limit} bytes")
+        headers = dict(scope.get("headers") or [])
+        path = scope.get("path", "")
+        if (path == "/v1" or path.startswith("/v1/")) and not _token_ok(self.tokens, headers.get(b"authorization")):
+            await _closing(_unauthorized_response())(scope, receive, send)
+            return
+        declared = headers.get(b"content-length")
+        too_big = _closing(_error(413, "PayloadTooLarge", f"request body over the limit of {self.limit} bytes"))
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await too_big(scope, receive, send)
             return
-        if declared is not None:
-            await self.app(scope, receive, send)  # the server holds a body to its declared length
-            return
-        # No length declared (chunked): buffer up to the limit, then hand the body on.
-        chunks, seen, more = [], 0, True
+        chunks: list[bytes] = []
+        seen, more = 0, True
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            except TimeoutError:
+                stalled = _error(408, "RequestTimeout", f"no body data for {self.body_timeout_s:g}s")
+                await _closing(stalled)(scope, receive, send)
+                return
             if message["type"] != "http.request":
-                await self.app(scope, receive, send)  # a disconnect: let the app see it
+                await self.app(scope, _replay([], receive, message), send)  # a disconnect: let the app see it
                 return
             chunk = message.get("body", b"")
             seen += len(chunk)
             if seen > self.limit:
                 await too_big(scope, receive, send)
                 return
-            chunks.append(chunk)
+            if chunk:
+                chunks.append(chunk)
             more = message.get("more_body", False)
-        replayed = False
+        await self.app(scope, _replay(chunks, receive), send)
 
-        async def replay() -> MutableMapping[str, Any]:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
 
-        await self.app(scope, replay, send)
+def _replay(chunks: list[bytes], receive: Receive, first: MutableMapping[str, Any] | None = None) -> Receive:
+    """A receive() that hands the buffered body on in one message, then defers to the server."""
+    pending: MutableMapping[str, Any] | None = first or {
+        "type": "http.request", "body": chunks[0] if len(chunks) == 1 else b"".join(chunks), "more_body": False}
+
+    async def replayed() -> MutableMapping[str, Any]:
+        nonlocal pending
+        if pending is not None:
+            message, pending = pending, None
+            return message
+        return await receive()
+
+    return replayed
 
 
 @dataclass
@@ -165,12 +226,72 @@ class _Context:
     tokens: list[bytes]
     queue: LocalTaskQueue | None
     owns_queue: bool
+    long_polls: int = 0  # requests waiting for work or completions now (touched on the event loop only)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _poll_limiter: anyio.CapacityLimiter | None = None
+    _probe: asyncio.Task[bool] | None = None
+    _probed_at: float = -1e9
 
     def get_queue(self) -> LocalTaskQueue:
-        if self.queue is None:
-            self.queue = LocalTaskQueue(self.cfg.db_url, pool_size=self.cfg.pool_size,
-                                        max_payload_bytes=self.cfg.max_payload_bytes)
-        return self.queue
+        with self._lock:
+            if self.queue is None:
+                try:
+                    self.queue = LocalTaskQueue(self.cfg.db_url, pool_size=self.cfg.pool_size,
+                                                max_payload_bytes=self.cfg.max_payload_bytes)
+                except psycopg.Error:  # opening (migrations) before the pool exists: no host or user in replies
+                    raise errors.DatabaseUnavailable("the database is unavailable") from None
+            return self.queue
+
+    def warm_up(self) -> None:
+        """Open the queue at startup (in a thread) so /health tells the truth at once."""
+        try:
+            self.get_queue()
+        except Exception as exc:  # the first request tries again
+            log.warning("database not available at startup", extra={"error": type(exc).__name__})
+
+    def authorized(self, request: Request) -> bool:
+        return _token_ok(self.tokens, request.headers.get("authorization"))
+
+    async def in_thread(self, fn: Callable[[], T], *, long_poll: bool = False, abandon: bool = False) -> T:
+        """Run blocking database work in a worker thread. A long-poll's checks share a small
+        limiter of their own, so a herd of woken waiters never takes the threads short requests need."""
+        if long_poll and self._poll_limiter is None:
+            self._poll_limiter = anyio.CapacityLimiter(self.cfg.long_poll_threads)
+        return await anyio.to_thread.run_sync(fn, limiter=self._poll_limiter if long_poll else None,
+                                              abandon_on_cancel=abandon)
+
+    def op(self, name: str, args: dict[str, Any], batch: int = 0) -> dict[str, Any]:
+        """One operation of eqflow.remote.OPS, in a worker thread; errors raised for the handlers."""
+        if batch > self.cfg.max_batch:
+            raise errors.PayloadTooLarge(f"a batch of {batch} is over the service's limit of {self.cfg.max_batch}")
+        out = run_op(self.get_queue(), name, args)
+        if "error" in out:
+            raise _Raised(STATUS.get(out["error"]["type"], 400), out["error"])
+        return out
+
+    async def database_state(self) -> str:
+        """"ok" or "unavailable", within health_timeout_s: one short probe connection at a time,
+        its answer reused for HEALTH_TTL_S; a probe that takes longer goes on in the background."""
+        if self._probe is None or (self._probe.done() and time.monotonic() - self._probed_at > HEALTH_TTL_S):
+            self._probe = asyncio.get_running_loop().create_task(self.in_thread(self._probe_database, abandon=True))
+        try:
+            ok = await asyncio.wait_for(asyncio.shield(self._probe), self.cfg.health_timeout_s)
+        except TimeoutError:
+            return "unavailable"
+        return "ok" if ok else "unavailable"
+
+    def _probe_database(self) -> bool:
+        try:
+            url = self.queue.url if self.queue is not None else resolve_url(self.cfg.db_url, migrate=False,
+                                                                            create=False)
+            with psycopg.connect(url, connect_timeout=2, autocommit=True,
+                                 application_name="eqflow-service-health") as conn:
+                conn.execute("SELECT 1")
+            return True
+        except Exception:
+            return False
+        finally:
+            self._probed_at = time.monotonic()
 
 
 def _ctx(request: Request) -> _Context:
@@ -180,54 +301,101 @@ def _ctx(request: Request) -> _Context:
 _bearer = HTTPBearer(auto_error=False)
 
 
-def authorize(request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    offered = (creds.credentials if creds else "").encode()
-    ok = False
-    for token in _ctx(request).tokens:  # every token, always: timing tells nothing
-        ok |= hmac.compare_digest(offered, token)
-    if not ok:
+async def authorize(request: Request,
+                    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """Checked again here (Guard already refused bad tokens before the body was read)."""
+    if not _token_ok(_ctx(request).tokens, f"Bearer {creds.credentials}" if creds else None):
         raise _Unauthorized()
 
 
 def _op(request: Request, name: str, args: dict[str, Any], batch: int = 0) -> dict[str, Any]:
-    ctx = _ctx(request)
-    if batch > ctx.cfg.max_batch:
-        raise errors.PayloadTooLarge(f"a batch of {batch} is over the service's limit of {ctx.cfg.max_batch}")
-    out = run_op(ctx.get_queue(), name, args)
-    if "error" in out:
-        raise _Raised(STATUS.get(out["error"]["type"], 400), out["error"])
-    return out
+    return _ctx(request).op(name, args, batch)
 
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
 pages = APIRouter()
 
+_BARE_PAGE = ("<html><head><title>eqflow</title></head><body><h1>eqflow service</h1><p>running. "
+              "Details for callers with <code>Authorization: Bearer &lt;token&gt;</code>.</p></body></html>")
+
 
 @pages.get("/health", tags=["service"])
-def health(request: Request) -> dict[str, Any]:
-    """Liveness, and whether the database answers."""
-    try:
-        _ctx(request).get_queue().open_count()
-        return {"status": "ok", "database": "ok", "version": eqflow.__version__}
-    except errors.EqflowError as exc:
-        return {"status": "degraded", "database": str(exc), "version": eqflow.__version__}
+async def health(request: Request) -> JSONResponse:
+    """Liveness, and whether the database answers (503 when it does not), within a second.
+    With a valid bearer token: also the version and the number of waiting long-polls."""
+    ctx = _ctx(request)
+    state = await ctx.database_state()
+    body: dict[str, Any] = {"status": "ok", "database": state}
+    if ctx.authorized(request):
+        body |= {"version": eqflow.__version__, "long_polls": ctx.long_polls}
+    return JSONResponse(body, status_code=200 if state == "ok" else 503)
 
 
 @pages.get("/", response_class=HTMLResponse, tags=["service"])
-def status_page(request: Request) -> str:
-    """A small status page: task counts per type and status, active pools."""
-    queue = _ctx(request).get_queue()
+async def status_page(request: Request) -> HTMLResponse:
+    """A small status page. Anyone: that the service runs. With ``Authorization: Bearer <token>``
+    (a header, never a query parameter): task counts per type and status, active pools."""
+    ctx = _ctx(request)
+    if not ctx.authorized(request):
+        return HTMLResponse(_BARE_PAGE)
+    head = f"<html><head><title>eqflow</title></head><body><h1>eqflow service {html.escape(eqflow.__version__)}</h1>"
+    unavailable = HTMLResponse(f"{head}<p>database: unavailable</p></body></html>")
+    if await ctx.database_state() != "ok":
+        return unavailable
+
+    def fetch() -> tuple[dict[int, dict[str, int]], list[Any]]:
+        queue = ctx.get_queue()
+        return queue.stats(), queue.pools(active_only=True)
+
     try:
-        stats, pools = queue.stats(), queue.pools(active_only=True)
-    except errors.EqflowError as exc:
-        return f"<html><body><h1>eqflow service</h1><p>database: {html.escape(str(exc))}</p></body></html>"
+        stats, pools = await asyncio.wait_for(ctx.in_thread(fetch, abandon=True), 5.0)
+    except (TimeoutError, errors.EqflowError):
+        return unavailable
     rows = "".join(f"<tr><td>{t}</td><td>{html.escape(s)}</td><td>{c}</td></tr>"
                    for t, by in stats.items() for s, c in by.items())
     pool_rows = "".join(f"<li>{html.escape(p.name)}-{p.pool_id} types {p.task_types}, {p.n_workers} workers</li>"
                         for p in pools)
-    return ("<html><head><title>eqflow</title></head><body><h1>eqflow service</h1>"
-            f"<h2>Tasks</h2><table border=1><tr><th>type</th><th>status</th><th>count</th></tr>{rows}</table>"
-            f"<h2>Active pools</h2><ul>{pool_rows or '<li>none</li>'}</ul></body></html>")
+    return HTMLResponse(
+        f"{head}<p>database: ok; {ctx.long_polls} long-polls waiting</p>"
+        f"<h2>Tasks</h2><table border=1><tr><th>type</th><th>status</th><th>count</th></tr>{rows}</table>"
+        f"<h2>Active pools</h2><ul>{pool_rows or '<li>none</li>'}</ul></body></html>")
+
+
+class _Waiter:
+    """An inbox of the shared LISTEN connection that wakes an asyncio task: the listener thread
+    sets the event through call_soon_threadsafe, so a waiting request holds no thread."""
+
+    def __init__(self, inbox: Inbox, close: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        self.inbox = inbox
+        self.event = asyncio.Event()
+        self._close = close
+
+        def wake() -> None:  # from the listener thread
+            loop.call_soon_threadsafe(self.event.set)
+
+        inbox.on_signal = wake
+
+    def take(self) -> tuple[list[str], bool, bool]:
+        """What arrived since the last take, without blocking: (payloads, resync, signaled)."""
+        self.event.clear()
+        return self.inbox.wait(0)
+
+    async def sleep(self, seconds: float) -> bool:
+        """Until a notification (True) or ``seconds`` pass (False)."""
+        try:
+            await asyncio.wait_for(self.event.wait(), max(0.0, seconds))
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        self.inbox.on_signal = None
+        self._close()
+
+
+def _wait_s(timeout: float) -> float:
+    return min(float(timeout), MAX_WAIT_S)
 
 
 @router.post("/tasks", tags=["tasks"])
@@ -237,9 +405,61 @@ def submit(request: Request, body: SubmitBody) -> dict[str, Any]:
 
 
 @router.post("/tasks/claim", tags=["pools"])
-def claim(request: Request, body: ClaimBody) -> dict[str, Any]:
-    """Claim up to n queued tasks (highest priority first), waiting up to timeout for work."""
-    return _op(request, "claim", body.model_dump(), body.n)
+async def claim(request: Request, body: ClaimBody) -> dict[str, Any]:
+    """Claim up to n queued tasks (highest priority first), waiting up to timeout (at most 25 s)
+    for work. A waiting claim holds no thread: it is woken by the queue's notifications."""
+    ctx = _ctx(request)
+    wait = _wait_s(body.timeout)
+    args = {**body.model_dump(), "timeout": 0.0}
+
+    def claim_now() -> dict[str, Any]:
+        return ctx.op("claim", args, body.n)
+
+    first = await ctx.in_thread(claim_now, long_poll=wait > 0)
+    if first["tasks"] or wait <= 0:
+        return first
+    keys = {str(t) for t in body.task_types}
+
+    def subscribe() -> tuple[Inbox, Callable[[], None]]:
+        inbox = ctx.get_queue()._listener.subscribe("eqflow_queued", keys)
+        return inbox, inbox.close
+
+    return await _long_poll(request, ctx, time.monotonic() + wait, subscribe,
+                            lambda full, payloads: claim_now if full or payloads else None, "tasks")
+
+
+async def _long_poll(request: Request, ctx: _Context, deadline: float,
+                     subscribe: Callable[[], tuple[Inbox, Callable[[], None]]],
+                     plan: Callable[[bool, list[str]], Callable[[], dict[str, Any]] | None],
+                     key: str) -> dict[str, Any]:
+    """Subscribe, then: check (what ``plan`` says, given whether a full check is due and the
+    notifications that came), and sleep on the event loop until the next notification or the
+    safety-net interval, until the check finds something under ``key`` or the deadline passes."""
+    ctx.long_polls += 1
+    try:
+        inbox, close = await ctx.in_thread(subscribe, long_poll=True)  # may wait for the listener to connect
+        waiter = _Waiter(inbox, close)
+        try:
+            full = True  # the first check after subscribing: nothing sent before it is missed
+            while True:
+                payloads, resync, _ = waiter.take()
+                work = plan(full or resync, payloads)
+                if work is not None:
+                    if await request.is_disconnected():
+                        return {key: []}
+                    out = await ctx.in_thread(work, long_poll=True)
+                    if out[key]:
+                        return out
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return {key: []}
+                full = not await waiter.sleep(min(remaining, ctx.cfg.long_poll_check_s))
+                if full:  # the safety net: check anyway, and rescue expired leases if due
+                    await ctx.in_thread(lambda: ctx.get_queue().rescue_expired_if_due(), long_poll=True)
+        finally:
+            waiter.close()
+    finally:
+        ctx.long_polls -= 1
 
 
 @router.post("/tasks/report", tags=["pools"])
@@ -285,9 +505,32 @@ def cancel(request: Request, body: IdsBody) -> dict[str, Any]:
 
 
 @router.post("/tasks/completions", tags=["tasks"])
-def completions(request: Request, body: CompletionsBody) -> dict[str, Any]:
-    """Long-poll: finished tasks among task_ids, waiting up to timeout for at least one."""
-    return _op(request, "wait_finished", body.model_dump(), len(body.task_ids))
+async def completions(request: Request, body: CompletionsBody) -> dict[str, Any]:
+    """Long-poll: finished tasks among task_ids, waiting up to timeout (at most 25 s) for at least
+    one. A waiting poll holds no thread: it is woken by the completions of its exp_ids' tasks."""
+    ctx = _ctx(request)
+    wait = _wait_s(body.timeout)
+    args = {**body.model_dump(), "timeout": 0.0}
+
+    def finished_among(ids: list[int]) -> Callable[[], dict[str, Any]]:
+        return lambda: ctx.op("wait_finished", {**args, "task_ids": ids}, len(ids))
+
+    first = await ctx.in_thread(finished_among(body.task_ids), long_poll=wait > 0)
+    if first["finished"] or wait <= 0 or not body.task_ids:
+        return first
+    wanted = set(body.task_ids)
+
+    def subscribe() -> tuple[Inbox, Callable[[], None]]:
+        watch = ctx.get_queue().watch_completions(set(body.exp_ids))  # the same keys as a local waiter's
+        return watch.inbox, watch.close
+
+    def plan(full: bool, payloads: list[str]) -> Callable[[], dict[str, Any]] | None:
+        if full:
+            return finished_among(body.task_ids)
+        named = sorted(done_ids(payloads) & wanted)  # only the ids the notifications name are looked up
+        return finished_among(named) if named else None
+
+    return await _long_poll(request, ctx, time.monotonic() + wait, subscribe, plan, "finished")
 
 
 @router.get("/stats", tags=["queues"])
@@ -355,9 +598,7 @@ def rescue(request: Request) -> dict[str, Any]:
 
 
 async def _unauthorized(_: Request, __: Exception) -> JSONResponse:
-    response = _error(401, "AuthError", "missing or invalid bearer token")
-    response.headers["WWW-Authenticate"] = "Bearer"
-    return response
+    return _unauthorized_response()
 
 
 async def _invalid(_: Request, exc: Exception) -> JSONResponse:
@@ -377,19 +618,23 @@ async def _raised(_: Request, exc: Exception) -> JSONResponse:
 
 
 def build_app(config: ServiceConfig | None = None, queue: LocalTaskQueue | None = None) -> FastAPI:
-    """The FastAPI app (without the body-size guard; see create_app)."""
+    """The FastAPI app (without the Guard in front; see create_app)."""
     cfg = config or load_config(os.environ.get("EQFLOW_SERVICE_CONFIG"))
     ctx = _Context(cfg, [t.encode() for t in cfg.accepted_tokens()], queue, owns_queue=queue is None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if ctx.queue is None:
+            threading.Thread(target=ctx.warm_up, name="eqflow-service-warm-up", daemon=True).start()
         yield
         if ctx.owns_queue and ctx.queue is not None:
             ctx.queue.close()
 
     app = FastAPI(title="eqflow EMEWS service", version=eqflow.__version__, lifespan=lifespan,
                   description="The eqflow task-queue API over HTTP. Every /v1 route needs "
-                              "`Authorization: Bearer <token>`.")
+                              "`Authorization: Bearer <token>`, checked before the request body is read. "
+                              "`/health` answers at once: 200 with `database: ok`, or 503 with "
+                              "`database: unavailable`.")
     app.state.ctx = ctx
     app.include_router(pages)
     app.include_router(router)
@@ -401,9 +646,10 @@ def build_app(config: ServiceConfig | None = None, queue: LocalTaskQueue | None 
 
 
 def create_app(config: ServiceConfig | None = None, queue: LocalTaskQueue | None = None) -> Any:
-    """The ASGI app to serve: build_app() behind the request-body size limit."""
+    """The ASGI app to serve: build_app() behind the Guard (token before body, body limit and timeout)."""
     app = build_app(config, queue)
-    return BodyLimit(app, app.state.ctx.cfg.max_body_bytes)
+    ctx: _Context = app.state.ctx
+    return Guard(app, ctx.tokens, ctx.cfg.max_body_bytes, ctx.cfg.body_timeout_s)
 
 
 class _Unauthorized(Exception):

@@ -24,6 +24,15 @@ class ServiceConfig(BaseModel):
     max_batch: int = Field(50_000, ge=1, description="most tasks or ids in one request")
     max_payload_bytes: int = Field(16 * 1024 * 1024, ge=1)
     pool_size: int = Field(16, ge=1, description="database connections held by the service")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600,
+                                  description="a request body that stalls this long between reads is dropped (408)")
+    long_poll_threads: int = Field(8, ge=1, le=256,
+                                   description="worker threads that waiting long-polls may use at once for their "
+                                               "checks; short requests keep the rest")
+    long_poll_check_s: float = Field(5.0, gt=0, le=25,
+                                     description="a waiting long-poll checks at least this often (a safety net "
+                                                 "for a lost notification)")
+    health_timeout_s: float = Field(1.0, gt=0, le=30, description="longest /health waits for the database probe")
 
     def accepted_tokens(self) -> list[str]:
         env = os.environ.get("EQFLOW_SERVICE_TOKENS") or os.environ.get("EQFLOW_SERVICE_TOKEN") or ""
