@@ -1,13 +1,23 @@
 """`eqflow bench service`: end-to-end tasks/s and latency through the EMEWS service, beside the
-same figures straight to PostgreSQL, in one run."""
+same figures straight to PostgreSQL, in one run.
+
+`python -m eqflow.bench.service_bench --long-polls 500`: short-request latency (p50/p99) and the
+service's RSS while 500 idle long-polls wait and 20 active clients submit, claim, report and
+read stats; the same without the long-polls, for comparison.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
 import os
 import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -70,3 +80,138 @@ def run(url: str | None = None, *, n_e2e: int = 20_000, workers: int = 4, batch:
         "latency_p95_ms": {"local": round(p95_local, 2), "service": round(p95_service, 2)},
         "tasks": n_e2e, "workers": workers, "claim_batch": batch,
     }
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _hold_long_polls(url: str, token: str, n: int, stop: threading.Event) -> threading.Thread:
+    """n claims on a task type nobody submits, each re-sent when it times out, until ``stop``."""
+
+    async def hold() -> None:
+        limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, limits=limits,
+                                     timeout=httpx.Timeout(60, pool=120)) as client:
+            async def one(i: int) -> None:
+                while not stop.is_set():
+                    await client.post("/v1/tasks/claim", json={"task_types": [999], "pool": f"idle-{i}",
+                                                               "timeout": 25})
+
+            tasks = [asyncio.create_task(one(i)) for i in range(n)]
+            while not stop.is_set():
+                await asyncio.sleep(0.1)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    thread = threading.Thread(target=lambda: asyncio.run(hold()), daemon=True)
+    thread.start()
+    return thread
+
+
+def _active_client(url: str, token: str, stop: threading.Event, latencies: dict[str, list[float]]) -> None:
+    """Short requests back to back: submit one task, claim it (no wait), report it, read stats."""
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+        def timed(kind: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+            started = time.perf_counter()
+            response = client.request(method, path, json=body)
+            latencies[kind].append((time.perf_counter() - started) * 1000)
+            response.raise_for_status()
+            return response.json()
+
+        while not stop.is_set():
+            timed("submit", "POST", "/v1/tasks", {"exp_id": "bench-lp", "task_type": 60, "payloads": ["x"]})
+            tasks = timed("claim", "POST", "/v1/tasks/claim", {"task_types": [60], "pool": "active"})["tasks"]
+            if tasks:
+                timed("report", "POST", "/v1/tasks/report", {"results": [
+                    {"task_id": t["task_id"], "claim_id": t["claim_id"], "result": "y"} for t in tasks]})
+            timed("stats", "GET", "/v1/stats")
+
+
+def _long_poll_scenario(db_url: str, long_polls: int, clients: int, duration_s: float,
+                        say: Any) -> dict[str, Any]:
+    token = secrets.token_urlsafe(16)
+    proc, url, cfg = _start_service(db_url, token)
+    stop_polls, stop_clients = threading.Event(), threading.Event()
+    latencies: dict[str, list[float]] = {k: [] for k in ("submit", "claim", "report", "stats")}
+    rss: list[float] = []
+    try:
+        holder = _hold_long_polls(url, token, long_polls, stop_polls) if long_polls else None
+        deadline = time.monotonic() + 60
+        waiting = 0
+        while long_polls and waiting < long_polls and time.monotonic() < deadline:
+            time.sleep(0.25)
+            waiting = httpx.get(url + "/health", headers={"Authorization": f"Bearer {token}"}).json()["long_polls"]
+        say(f"{waiting} long-polls waiting; {clients} active clients for {duration_s:g}s")
+        workers = [threading.Thread(target=_active_client, args=(url, token, stop_clients, latencies))
+                   for _ in range(clients)]
+        for worker in workers:
+            worker.start()
+        end = time.monotonic() + duration_s
+        while time.monotonic() < end:
+            rss.append(_rss_mb(proc.pid))
+            time.sleep(0.5)
+        stop_clients.set()
+        for worker in workers:
+            worker.join()
+        waiting_after = httpx.get(url + "/health", headers={"Authorization": f"Bearer {token}"}).json()["long_polls"]
+        stop_polls.set()
+        if holder is not None:
+            holder.join(timeout=30)
+    finally:
+        stop_clients.set()
+        stop_polls.set()
+        proc.terminate()
+        proc.wait(timeout=10)
+        cfg.unlink(missing_ok=True)
+    every = [v for values in latencies.values() for v in values]
+    return {
+        "long_polls": long_polls, "long_polls_waiting": waiting_after, "active_clients": clients,
+        "short_requests": len(every), "short_requests_per_s": round(len(every) / duration_s),
+        "short_p50_ms": round(statistics.median(every), 2) if every else None,
+        "short_p99_ms": round(_percentile(every, 0.99), 2),
+        "submit_p50_ms": round(statistics.median(latencies["submit"]), 2) if latencies["submit"] else None,
+        "submit_p99_ms": round(_percentile(latencies["submit"], 0.99), 2),
+        "service_rss_mb": {"median": round(statistics.median(rss), 1) if rss else None,
+                           "max": round(max(rss), 1) if rss else None},
+    }
+
+
+def run_long_polls(url: str | None = None, *, long_polls: int = 500, clients: int = 20, duration_s: float = 15.0,
+                   progress: Any = None) -> dict[str, Any]:
+    """Short requests with and without ``long_polls`` idle long-polls waiting in the service."""
+    say = progress or (lambda msg: None)
+    db_url = bench_database(url)
+    say("baseline: no long-polls")
+    baseline = _long_poll_scenario(db_url, 0, clients, duration_s, say)
+    say(f"with {long_polls} long-polls")
+    loaded = _long_poll_scenario(db_url, long_polls, clients, duration_s, say)
+    return {"baseline": baseline, "with_long_polls": loaded}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eqflow.bench.service_bench", description=__doc__)
+    parser.add_argument("--url", default=None, help="database URL (default: the configured or embedded one)")
+    parser.add_argument("--long-polls", type=int, default=500)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    args = parser.parse_args(argv)
+    figures = run_long_polls(args.url, long_polls=args.long_polls, clients=args.clients, duration_s=args.seconds,
+                             progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(json.dumps(figures, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
