@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 import psycopg
 
+from eqflow.db.connector import Turn, connect_kwargs, outage_for
+
 log = logging.getLogger(__name__)
 
 CHANNELS = ("eqflow_queued", "eqflow_done", "eqflow_pool")
@@ -126,26 +128,45 @@ class Listener:
             self._thread.start()
 
     def _run(self) -> None:
-        backoff = 0.05
+        # Reconnects for as long as it takes, at the back-off of the process's shared Outage
+        # for this database (one log line per step, shared with the connectors).
+        outage = outage_for(self.url)
         while not self._stop.is_set():
+            turn = outage.turn(time.monotonic() + 0.5)  # wakes now and then to notice close()
+            if turn is Turn.GIVE_UP:
+                continue
+            probing = turn is Turn.PROBE
+            connected = False
             try:
-                with psycopg.connect(self.url, autocommit=True, application_name="eqflow-listener") as conn:
+                with psycopg.connect(self.url, autocommit=True, application_name="eqflow-listener",
+                                     **connect_kwargs(self.url)) as conn:
+                    if probing:
+                        probing = False
+                        outage.probed(None)
                     for channel in CHANNELS:
                         conn.execute(f"LISTEN {channel}")  # constant channel names
+                    connected = True
                     self._connected.set()
                     self._broadcast_resync()
-                    backoff = 0.05
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.25):
                             self._route(note.channel, note.payload)
             except psycopg.Error as exc:
                 self._connected.clear()
-                if self._stop.is_set():
+                if probing:
+                    probing = False
+                    outage.probed(str(exc))
+                elif self._stop.is_set():
                     break
-                log.warning("listener connection lost; reconnecting", extra={"error": str(exc)})
+                elif connected:  # retried at once; if that fails, the outage is logged
+                    log.info("listener connection lost; reconnecting",
+                             extra={"error": (str(exc).strip().splitlines() or [""])[0]})
+                else:
+                    outage.failed(str(exc))
                 self._broadcast_resync()
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+            finally:
+                if probing:
+                    outage.probed("listener stopped")
 
     def _route(self, channel: str, payload: str) -> None:
         key = payload.split("|", 1)[0] if channel == "eqflow_done" else payload

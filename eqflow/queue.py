@@ -34,11 +34,13 @@ class LocalTaskQueue:
     url: ``postgresql://...``; None uses ``$EQFLOW_DB_URL`` or the embedded cluster.
     lease_s: how long a claim is held without a heartbeat before the task is requeued.
     safety_poll_s: the longest a waiter sleeps without a notification before checking anyway.
+    reconnect_timeout: how long a call waits for an unreachable database before raising
+    DatabaseUnavailable; None (the default) rides out an outage of any length.
     """
 
     def __init__(self, url: str | None = None, *, pool_size: int = 4,
                  max_payload_bytes: int = DEFAULT_MAX_PAYLOAD, lease_s: float = 60.0,
-                 safety_poll_s: float = 5.0, reconnect_timeout: float = 60.0,
+                 safety_poll_s: float = 5.0, reconnect_timeout: float | None = None,
                  max_attempts: int = 3, migrate: bool = True, create_db: bool = True) -> None:
         self.url = resolve_url(url, migrate=migrate, create=create_db)
         self.max_payload_bytes = validate.count(max_payload_bytes, "max_payload_bytes", 1, 2**30 - 1)
@@ -243,13 +245,15 @@ class LocalTaskQueue:
             "task_ids": ids, "claim_ids": claims, "errors": errors, "retry": [retry] * len(ids)})
         return {tid: TaskStatus(status) for tid, status in rows}
 
-    def release(self, tasks: Iterable[ClaimedTask]) -> set[int]:
-        """Give claimed tasks back to the queue unrun (a pool that stops)."""
+    def release(self, tasks: Iterable[ClaimedTask], *, unstarted: bool = False) -> set[int]:
+        """Give claimed tasks back to the queue unfinished (a pool that stops). Not a failure.
+        Their runs still count in ``attempts`` unless ``unstarted`` (never handed to a worker)."""
         held = list(tasks)
         if not held:
             return set()
         rows = self.db.fetch_all("release_tasks", {
-            "task_ids": [t.task_id for t in held], "claim_ids": [t.claim_id for t in held]})
+            "task_ids": [t.task_id for t in held], "claim_ids": [t.claim_id for t in held],
+            "unstarted": bool(unstarted)})
         return {r[0] for r in rows}
 
     def extend_leases(self, tasks: Iterable[ClaimedTask], lease_s: float | None = None) -> set[int]:

@@ -67,12 +67,13 @@ WHERE t.task_id = r.task_id AND t.status = 'running'
 RETURNING t.task_id;
 
 -- name: report_failures
--- Retryable failures go back to the queue until max_attempts; then the task fails for good.
+-- Retryable failures go back to the queue until max_attempts runs have failed (or were lost);
+-- then the task fails for good.
 UPDATE tasks t
-SET status = CASE WHEN r.retry AND t.attempts < t.max_attempts
+SET status = CASE WHEN r.retry AND t.failures + 1 < t.max_attempts
                   THEN 'queued' ELSE 'failed' END::eqflow_task_status,
-    error = r.error,
-    finished_at = CASE WHEN r.retry AND t.attempts < t.max_attempts THEN NULL ELSE now() END,
+    error = r.error, failures = t.failures + 1,
+    finished_at = CASE WHEN r.retry AND t.failures + 1 < t.max_attempts THEN NULL ELSE now() END,
     lease_expires_at = NULL
 FROM unnest(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(errors)s::text[], %(retry)s::boolean[])
      AS r(task_id, claim_id, error, retry)
@@ -81,10 +82,12 @@ WHERE t.task_id = r.task_id AND t.status = 'running'
 RETURNING t.task_id, t.status::text;
 
 -- name: release_tasks
--- A pool that stops returns what it holds; the unfinished run does not count as an attempt.
+-- A pool that stops returns what it holds. attempts counts runs started: a task whose run
+-- started keeps its count (the payload may have run); one never handed to a worker
+-- (unstarted) gets it back. Neither is a failure: failures (and max_attempts) are untouched.
 UPDATE tasks t
-SET status = 'queued', attempts = greatest(t.attempts - 1, 0), lease_expires_at = NULL,
-    started_at = NULL
+SET status = 'queued', attempts = greatest(t.attempts - CASE WHEN %(unstarted)s THEN 1 ELSE 0 END, 0),
+    lease_expires_at = NULL, started_at = NULL
 FROM unnest(%(task_ids)s::bigint[], %(claim_ids)s::bigint[]) AS r(task_id, claim_id)
 WHERE t.task_id = r.task_id AND t.status = 'running' AND t.claim_id = r.claim_id
 RETURNING t.task_id;
@@ -97,11 +100,14 @@ WHERE t.task_id = r.task_id AND t.status = 'running' AND t.claim_id = r.claim_id
 RETURNING t.task_id;
 
 -- name: rescue_expired
--- Expired leases: back to the queue, or failed once max_attempts are spent.
+-- Expired leases: the run is lost, a failure. Back to the queue, or failed once max_attempts
+-- runs have failed or were lost.
 UPDATE tasks t
-SET status = CASE WHEN t.attempts < t.max_attempts THEN 'queued' ELSE 'failed' END::eqflow_task_status,
-    error = format('lease expired (pool %%s, attempt %%s of %%s)', t.pool, t.attempts, t.max_attempts),
-    finished_at = CASE WHEN t.attempts < t.max_attempts THEN NULL ELSE now() END,
+SET status = CASE WHEN t.failures + 1 < t.max_attempts THEN 'queued' ELSE 'failed' END::eqflow_task_status,
+    error = format('lease expired (pool %%s, run %%s, failure %%s of at most %%s)',
+                   t.pool, t.attempts, t.failures + 1, t.max_attempts),
+    failures = t.failures + 1,
+    finished_at = CASE WHEN t.failures + 1 < t.max_attempts THEN NULL ELSE now() END,
     lease_expires_at = NULL
 WHERE t.task_id IN (
     SELECT task_id FROM tasks

@@ -6,6 +6,7 @@ import time
 import pytest
 
 from eqflow import LocalTaskQueue, StopMode, TaskCanceled, TaskFailed, TaskStatus, as_completed, pop_completed
+from tests.conftest import sql
 
 
 def test_submit_claim_report_result(queue):
@@ -71,9 +72,27 @@ def test_release_returns_tasks_unrun(queue):
     assert queue.release([task]) == {task.task_id}
     assert fut.status is TaskStatus.QUEUED
     [again] = queue.claim(1, pool="b")
-    assert again.attempt == 1 and again.claim_id != task.claim_id
+    assert again.attempt == 2 and again.claim_id != task.claim_id  # the released run counts
     assert queue.report([(task, "stale")]) == set()
-    assert queue.report([(again, "fresh")]) == {again.task_id}
+    assert queue.release([again], unstarted=True) == {again.task_id}  # never started: not a run
+    [third] = queue.claim(1, pool="c")
+    assert third.attempt == 2
+    assert queue.report([(again, "stale")]) == set()
+    assert queue.report([(third, "fresh")]) == {third.task_id}
+    assert queue.info([fut])[fut.task_id].attempts == 2
+
+
+def test_released_runs_are_counted_but_are_not_failures(queue, db_url):
+    fut = queue.submit("exp", 1, "p", max_attempts=2)
+    for _ in range(3):  # three pools stop mid-run: three runs, no failure
+        [task] = queue.claim(1, pool="a")
+        queue.release([task])
+    [task] = queue.claim(1, pool="a")
+    assert task.attempt == 4
+    assert queue.report_failure([(task, "boom")]) == {task.task_id: TaskStatus.QUEUED}  # failure 1 of 2
+    [task] = queue.claim(1, pool="a")
+    assert queue.report_failure([(task, "boom")]) == {task.task_id: TaskStatus.FAILED}  # 2 of 2
+    assert sql(db_url, "SELECT attempts, failures FROM tasks WHERE task_id = %s", (fut.task_id,)) == [(5, 2)]
 
 
 def test_failures_retry_until_max_attempts_then_fail_with_error(queue):

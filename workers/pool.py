@@ -24,6 +24,7 @@ from multiprocessing.connection import wait as wait_connections
 from typing import Protocol
 
 from eqflow.compat.eqsql import EQ_STOP
+from eqflow.errors import DatabaseUnavailable
 from eqflow.logs import setup_logging
 from eqflow.models import ClaimedTask, StopMode
 from eqflow.queue import LocalTaskQueue
@@ -75,6 +76,7 @@ class Pool:
         self._stop_mode: StopMode | None = None
         self.pool_id = 0
         self.pool_name = cfg.name
+        self._db_gone = False  # gave up on an unreachable database: exit without talking to it
 
     def request_stop(self, mode: StopMode) -> None:
         if self._stop_mode is not StopMode.NOW:
@@ -127,6 +129,12 @@ class Pool:
                 outcomes = runner.collect(timeout=0.05)
                 self._dispatch(runner)  # keep workers busy while the results are reported
                 self._report(outcomes)
+        except DatabaseUnavailable as exc:
+            # Only with a give-up (--db-timeout): by default every call waits out an outage.
+            self._db_gone = True
+            log.error("database unreachable for too long; the pool exits", extra={
+                "pool": self.pool_name, "db_timeout_s": self.queue.db.reconnect_timeout, "error": str(exc)})
+            raise
         finally:
             self._shutdown(runner)
             stop_inbox.close()
@@ -159,7 +167,14 @@ class Pool:
             self.request_stop(mode)
         held = list(self.waiting) + runner.held() + self.parked_stops
         if held:
-            self.queue.extend_leases(held)
+            still = self.queue.extend_leases(held)
+            # After a database outage longer than the lease, tasks waiting here may have been
+            # rescued and handed to another pool: not ours to start any more.
+            lost = [t for t in self.waiting if t.task_id not in still]
+            if lost:
+                self.waiting = deque(t for t in self.waiting if t.task_id in still)
+                log.warning("leases lost; tasks left to their new holders",
+                            extra={"pool": self.pool_name, "task_ids": [t.task_id for t in lost][:20]})
 
     def _report(self, outcomes: list[tuple[ClaimedTask, bool, str]]) -> None:
         results = [(task, value) for task, ok, value in outcomes if ok]
@@ -171,12 +186,17 @@ class Pool:
             self.queue.report_failure(failures)
 
     def _shutdown(self, runner: _Runner) -> None:
-        unfinished = list(self.waiting) + runner.held() + self.parked_stops
+        unstarted = list(self.waiting) + self.parked_stops
+        started = runner.held()
         self.waiting.clear()
         self.parked_stops.clear()
         runner.close()
-        if unfinished:
-            returned = self.queue.release(unfinished)
+        if self._db_gone:  # their leases expire and they are rescued
+            log.warning("pool stopped without returning its tasks", extra={
+                "pool": self.pool_name, "held": len(unstarted) + len(started)})
+            return
+        if unstarted or started:  # a started run counts in attempts, an unstarted one does not
+            returned = self.queue.release(started) | self.queue.release(unstarted, unstarted=True)
             log.info("returned unfinished tasks", extra={"count": len(returned)})
         self.queue.pool_stopped(self.pool_id)
         log.info("pool stopped", extra={"pool": self.pool_name, "completed": self.completed,
@@ -306,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", default=None, help="database URL (default: $EQFLOW_DB_URL or embedded)")
     parser.add_argument("--lease", type=float, default=60.0, help="lease seconds (heartbeat every lease/4)")
     parser.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
+    parser.add_argument("--db-timeout", type=float, default=None, metavar="SECONDS",
+                        help="exit (status 1) when the database stays unreachable this long "
+                             "(default: wait out an outage of any length)")
     parser.add_argument("--launcher", default=os.environ.get("EQFLOW_LAUNCHER", "local"), help=argparse.SUPPRESS)
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only (default: start, stop, ...)")
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
@@ -342,12 +365,21 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError, AttributeError) as exc:
         print(f"eqflow pool run: {exc}", file=sys.stderr)
         return 2
-    queue = LocalTaskQueue(args.db, lease_s=args.lease)
+    if args.db_timeout is not None and not args.db_timeout > 0:
+        print(f"eqflow pool run: --db-timeout must be > 0 seconds, got {args.db_timeout}", file=sys.stderr)
+        return 2
+    queue = LocalTaskQueue(args.db, lease_s=args.lease, reconnect_timeout=args.db_timeout)
     pool = Pool(queue, cfg)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: pool.request_stop(StopMode.NOW))
-    pool.run()
-    queue.close()
+    try:
+        pool.run()
+    except DatabaseUnavailable as exc:
+        if not pool._db_gone:  # before the loop (registering the pool)
+            log.error("database unreachable; the pool exits", extra={"error": str(exc)})
+        return 1
+    finally:
+        queue.close()
     return 0
 
 

@@ -4,11 +4,19 @@ Connection failures while *acquiring* a connection are always retried (nothing w
 Failures while a statement is in flight are retried only for idempotent statements; for a
 non-idempotent write they raise :class:`AmbiguousCommit`. Every psycopg error leaves this
 module as one of eqflow's own exceptions.
+
+A database outage is ridden out for as long as it lasts (or up to ``reconnect_timeout``, when
+one is given): every connector and the notification listener of a process share one
+:class:`Outage` per database, which retries with capped exponential back-off (1, 2, 4, ...
+30 s) and logs one line per back-off step, whichever threads are waiting.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
+import os
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,19 +33,158 @@ log = logging.getLogger(__name__)
 
 Params = Mapping[str, Any]
 FRESH_S = 1.0  # a connection used this recently is not checked before reuse
+BACKOFF_FIRST_S = 1.0  # outage back-off: 1, 2, 4, ... up to the cap
+BACKOFF_CAP_S = 30.0
+CONNECT_TIMEOUT_S = 10  # a connection attempt to an unreachable host gives up after this
+GETCONN_S = 2.0  # a pooled connection not handed out this fast: is the database there at all?
+
+
+class _QuietPoolLog(logging.Filter):
+    """psycopg_pool logs a warning for every failed connection attempt (dozens a minute while
+    the database is down). Outages are reported by :class:`Outage`, one line per back-off step."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+logging.getLogger("psycopg.pool").addFilter(_QuietPoolLog())
+
+
+class Turn(enum.Enum):
+    UP = "up"  # no outage known: use the database
+    PROBE = "probe"  # an outage, and this caller makes the next attempt; report it with probed()
+    GIVE_UP = "give_up"  # the caller's deadline came first
+
+
+class Outage:
+    """One database's reachability as this process sees it, shared by every connector and the
+    listener on it (see :func:`outage_for`). During an outage one caller at a time probes, at
+    capped exponential back-off; the others wait for its answer. One log line per step."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self._cond = threading.Condition()
+        self.since: float | None = None  # monotonic time the outage was noticed; None: up
+        self.recoveries = 0  # outages ended so far (a connector then checks its idle connections)
+        self._delay = 0.0
+        self._next_try = 0.0
+        self._probing = False
+
+    @property
+    def down(self) -> bool:
+        return self.since is not None
+
+    def turn(self, deadline: float | None) -> Turn:
+        """Wait until the caller may use the database: at once when no outage is known; during
+        one, until the next back-off step is due and no other caller is probing."""
+        with self._cond:
+            while self.since is not None:
+                now = time.monotonic()
+                if not self._probing and now >= self._next_try:
+                    self._probing = True
+                    return Turn.PROBE
+                if deadline is not None and now >= deadline:
+                    return Turn.GIVE_UP
+                wait = None if self._probing else self._next_try - now
+                if deadline is not None:
+                    wait = deadline - now if wait is None else min(wait, deadline - now)
+                self._cond.wait(wait)
+            return Turn.UP
+
+    def failed(self, error: str) -> None:
+        """A connection attempt outside a probe failed: the outage starts (if not known yet)."""
+        with self._cond:
+            if self.since is None:
+                self.since = time.monotonic()
+                self._delay = 0.0
+                self._step(error)
+
+    def probed(self, error: str | None) -> None:
+        """The answer of the caller that got Turn.PROBE: None if the database answered."""
+        with self._cond:
+            self._probing = False
+            if self.since is None:
+                pass
+            elif error is None:
+                log.warning("database reachable again", extra={
+                    "db": self.where, "down_for_s": round(time.monotonic() - self.since, 1)})
+                self.since = None
+                self.recoveries += 1
+            else:
+                self._step(error)
+            self._cond.notify_all()
+
+    def _step(self, error: str) -> None:
+        assert self.since is not None
+        now = time.monotonic()
+        self._delay = BACKOFF_FIRST_S if self._delay == 0 else min(self._delay * 2, BACKOFF_CAP_S)
+        self._next_try = now + self._delay
+        log.warning("database unreachable", extra={
+            "db": self.where, "retry_in_s": round(self._delay), "down_for_s": round(now - self.since, 1),
+            "error": error.strip().splitlines()[0] if error.strip() else "connection failed"})
+        self._cond.notify_all()
+
+
+_outages: dict[str, Outage] = {}
+_outages_lock = threading.Lock()
+
+
+def outage_for(url: str) -> Outage:
+    """The process's shared outage state for the database at ``url``."""
+    with _outages_lock:
+        outage = _outages.get(url)
+        if outage is None:
+            outage = _outages[url] = Outage(_where(url))
+        return outage
+
+
+def _forget_after_fork() -> None:
+    global _outages_lock
+    _outages.clear()  # a lock or a probe of the parent's is no business of the child's
+    _outages_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def connect_kwargs(url: str) -> dict[str, Any]:
+    """connect_timeout unless the URL sets one: a host that drops packets must not hang a
+    connection attempt for the kernel's minutes."""
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        given = {}
+    return {} if "connect_timeout" in given else {"connect_timeout": CONNECT_TIMEOUT_S}
+
+
+def probe(url: str) -> str | None:
+    """Open and close one connection outside any pool: None if the database answers, else why not."""
+    try:
+        with psycopg.connect(url, autocommit=True, application_name="eqflow-probe", **connect_kwargs(url)):
+            return None
+    except psycopg.Error as exc:
+        return str(exc) or type(exc).__name__
 
 
 class Connector:
-    """Runs named queries from ``sql/queries.sql`` on pooled autocommit connections."""
+    """Runs named queries from ``sql/queries.sql`` on pooled autocommit connections.
+
+    reconnect_timeout: how long a call waits for an unreachable database before it raises
+    DatabaseUnavailable; None (the default) waits for as long as the outage lasts.
+    """
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8,
-                 reconnect_timeout: float = 60.0, application_name: str = "eqflow") -> None:
+                 reconnect_timeout: float | None = None, application_name: str = "eqflow") -> None:
         self.url = url
         self.reconnect_timeout = reconnect_timeout
+        self._outage = outage_for(url)
+        self._recoveries_seen = self._outage.recoveries
+        # The pool's own reconnection gives up at once: its back-off doubles without a cap, so
+        # after a long outage it would come back minutes late. Retries are ours (Outage).
         self._pool = ConnectionPool(
             url, min_size=min_size, max_size=max_size, open=False, name="eqflow",
-            kwargs={"autocommit": True, "application_name": application_name},
-            check=self._check, reconnect_timeout=reconnect_timeout,
+            kwargs={"autocommit": True, "application_name": application_name, **connect_kwargs(url)},
+            check=self._check, reconnect_timeout=0.5,
         )
         self._opened = False
         self._last_used: dict[int, float] = {}
@@ -59,20 +206,46 @@ class Connector:
             self._pool.close()
             self._opened = False
 
+    def _deadline(self) -> float | None:
+        return None if self.reconnect_timeout is None else time.monotonic() + self.reconnect_timeout
+
+    def _unavailable(self) -> DatabaseUnavailable:
+        return DatabaseUnavailable(
+            f"no database connection within {self.reconnect_timeout:.0f}s ({_safe(self.url)})")
+
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection; waits for the database to come back up to the deadline."""
+        """A pooled connection; waits for an unreachable database to come back (up to
+        reconnect_timeout, if one is set)."""
         self.open()
-        deadline = time.monotonic() + self.reconnect_timeout
+        deadline = self._deadline()
+        outage = self._outage
         while True:
+            turn = outage.turn(deadline)
+            if turn is Turn.GIVE_UP:
+                raise self._unavailable()
+            if turn is Turn.PROBE:
+                error: str | None = "probe interrupted"
+                try:
+                    error = probe(self.url)
+                finally:
+                    outage.probed(error)
+                if error is not None:
+                    continue
+            if self._recoveries_seen != outage.recoveries:
+                self._recoveries_seen = outage.recoveries
+                self._pool.check()  # drop the idle connections the outage broke
+            wait = GETCONN_S if deadline is None else max(0.1, min(GETCONN_S, deadline - time.monotonic()))
             try:
-                conn = self._pool.getconn(timeout=max(0.1, min(5.0, deadline - time.monotonic())))
+                conn = self._pool.getconn(timeout=wait)
                 break
             except PoolTimeout:
-                if time.monotonic() >= deadline:
-                    raise DatabaseUnavailable(
-                        f"no database connection within {self.reconnect_timeout:.0f}s ({_safe(self.url)})"
-                    ) from None
+                error = probe(self.url)
+                if error is not None:
+                    outage.failed(error)
+                elif deadline is not None and time.monotonic() >= deadline:
+                    raise self._unavailable() from None
+                # else the database is there and every pooled connection is busy: wait on
         try:
             yield conn
         finally:
@@ -97,7 +270,7 @@ class Connector:
 
     def _run(self, name: str, params: Params, idempotent: bool, read: Any, binary: bool = False) -> Any:
         sql = query(name)
-        deadline = time.monotonic() + self.reconnect_timeout
+        deadline = self._deadline()
         delay = 0.05
         while True:
             with self.connection() as conn:
@@ -110,9 +283,10 @@ class Connector:
                         raise AmbiguousCommit(
                             f"connection lost during {name!r}; it may or may not have been applied"
                         ) from lost.__cause__
-                    if time.monotonic() >= deadline:
+                    if deadline is not None and time.monotonic() >= deadline:
                         raise DatabaseUnavailable(f"database unreachable during {name!r}") from lost.__cause__
-                    log.warning("retrying after lost connection", extra={"query": name})
+                    # one line per outage step comes from Outage, not one per statement retried
+                    log.debug("retrying after lost connection", extra={"query": name})
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -147,6 +321,15 @@ def _message(exc: psycopg.Error) -> str:
     diag = exc.diag
     primary = diag.message_primary or str(exc)
     return f"{primary} ({diag.sqlstate})" if diag.sqlstate else primary
+
+
+def _where(url: str) -> str:
+    """host:port/dbname of a database URL, never its password."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparsable url>"
+    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
 
 
 def _safe(url: str) -> str:
