@@ -146,6 +146,31 @@ def test_long_polls_still_time_out_and_validate(service):
     assert 0.9 <= time.monotonic() - started < 5
 
 
+def test_a_long_poll_whose_client_left_ends_and_claims_nothing(db_url):
+    svc = ServiceProcess(db_url, long_poll_check_s=1).start()
+    try:
+        body = b'{"task_types": [93], "pool": "gone", "timeout": 20}'
+        socks = [headers_only(svc.port, "/v1/tasks/claim", len(body), TOKEN) for _ in range(5)]
+        for sock in socks:
+            sock.sendall(body)
+        deadline = time.monotonic() + 10
+        while httpx.get(svc.url + "/health", headers=AUTH).json()["long_polls"] < 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        for sock in socks:
+            sock.close()  # the pools went away while waiting
+        [task_id] = httpx.post(svc.url + "/v1/tasks", headers=AUTH, json={
+            "exp_id": "gone", "task_type": 93, "payloads": ["for a live pool"]}).json()["task_ids"]
+        while httpx.get(svc.url + "/health", headers=AUTH).json()["long_polls"] > 0:
+            assert time.monotonic() < deadline, "waiters of gone clients linger"
+            time.sleep(0.1)
+        with psycopg.connect(db_url) as conn:  # woken, they saw the client gone and took nothing
+            assert conn.execute("SELECT status::text FROM tasks WHERE task_id = %s", (task_id,)).fetchone() \
+                == ("queued",)
+    finally:
+        svc.cleanup()
+
+
 # -- 7: the token is checked before the body is read; silent bodies are dropped ------------------------
 @pytest.mark.parametrize("token", [None, "wrong-token"])
 def test_unauthenticated_request_gets_401_before_sending_its_body(service, token):
