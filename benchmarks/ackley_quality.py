@@ -33,11 +33,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from eqflow.bench.queue_bench import bench_database
+import numpy as np
+import psycopg
+from psycopg import sql
+from scipy.stats import spearmanr
+
 from eqflow.config import WorkflowConfig, load_workflow_config
+from eqflow.db.migrate import upgrade
+from eqflow.db.resolve import resolve_url
 from eqflow.queue import LocalTaskQueue
+from eqflow.workflows import gpr
 from eqflow.workflows.ackley_gpr import AckleyGPR, Run, sample_points
-from eqflow.workflows.quality_plots import MethodRuns, plot_best_so_far, plot_evals_to_best
+from eqflow.workflows.quality_plots import MethodRuns, plot_best_so_far, plot_evals_to_best, plot_predicted_vs_actual
 
 ROOT = Path(__file__).resolve().parents[1]
 FRACTIONS = (0.10, 0.25, 0.50)
@@ -57,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runtime-var", type=float, default=0.5, help="sigma of the lognormal sleep (default 0.5)")
     p.add_argument("--config", default=str(ROOT / "cfgs" / "local.yaml"), help="base workflow config")
     p.add_argument("--db-url", default=None, help="PostgreSQL URL (default: the configured/embedded one); "
-                                                  "an eqflow_bench database is made next to it")
+                                                  "an eqflow_quality database is made next to it")
     p.add_argument("--out", default="out/quality", help="folder for the PNGs (default out/quality)")
     args = p.parse_args(argv)
     args.acquisitions = [a.strip() for a in args.acquisitions.split(",") if a.strip()]
@@ -81,6 +88,20 @@ def seed_config(base: WorkflowConfig, args: argparse.Namespace, seed: int, acqui
         "output_dir": str(outputs), "extra_pools_after_retrain": [], "pools": pools})
 
 
+def quality_database(url: str | None, name: str = "eqflow_quality") -> str:
+    """A migrated database of this benchmark's own next to the configured one (like
+    ``bench_database``, but not ``eqflow_bench``: the other benchmarks truncate that one when
+    they start, which would pull the tasks from under a run here). Runs are told apart by
+    experiment id, so nothing is truncated."""
+    base = resolve_url(url, migrate=False)
+    with psycopg.connect(base, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    db_url = psycopg.conninfo.make_conninfo(base, dbname=name)
+    upgrade(db_url)
+    return db_url
+
+
 def set_best_index(cfg: WorkflowConfig) -> tuple[int, float]:
     """The sample set's best point (index, value), computed here with the pool's own task function."""
     module, name = (cfg.pools[cfg.tasks["ackley"].pools[0]].fn or "eqflow.workers.tasks:ackley").split(":")
@@ -88,6 +109,35 @@ def set_best_index(cfg: WorkflowConfig) -> tuple[int, float]:
     values = [float(json.loads(task(json.dumps({"x": p.tolist()})))["y"]) for p in sample_points(cfg)]
     best = min(range(len(values)), key=values.__getitem__)
     return best, values[best]
+
+
+def first_retrain_check(cfg: WorkflowConfig, out: Path | None) -> dict[str, Any]:
+    """The surrogate alone, without the engine's timing: fit ``gpr.fit`` on the first
+    ``retrain_after`` points in sample order (what FIFO evaluates first), score the rest as the
+    first retrain would, and say where the set's best point lands in that order (1: first).
+    With ``out``, plot predicted against actual."""
+    module, name = (cfg.pools[cfg.tasks["ackley"].pools[0]].fn or "eqflow.workers.tasks:ackley").split(":")
+    task = getattr(importlib.import_module(module), name)
+    x = sample_points(cfg)
+    y = np.array([float(json.loads(task(json.dumps({"x": p.tolist()})))["y"]) for p in x])
+    best = int(np.argmin(y))
+    n = cfg.retrain_after
+    train = [i for i in range(min(n + 1, len(x))) if i != best][:n]
+    rest = np.setdiff1d(np.arange(len(x)), train)
+    t0 = time.perf_counter()
+    model = gpr.fit(x[train], y[train], cfg.seed)
+    fit_s = time.perf_counter() - t0
+    ranks: dict[str, int] = {}
+    for acq in ("mean", "ucb", "ei"):
+        score = gpr.scores(model, x[rest], acq, float(y[train].min()))
+        ranks[acq] = int((score > score[int(np.searchsorted(rest, best))]).sum()) + 1
+    mu = model.predict(x[rest])
+    if out is not None:
+        plot_predicted_vs_actual(mu, y[rest], out, f"seed {cfg.seed}: GP after the first {n} results, the other "
+                                 f"{len(rest)} points\n(set's best ranked {ranks['mean']} by mean; {model.kernel_})",
+                                 highlight=int(np.searchsorted(rest, best)))
+    return {"set_best_rank": ranks, "spearman": round(float(spearmanr(mu, y[rest]).statistic), 3),
+            "fit_ms": round(fit_s * 1000, 1), "kernel": str(model.kernel_)}
 
 
 def curve(run: Run) -> list[float]:
@@ -108,17 +158,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     base = load_workflow_config(args.config)
     methods = (["fifo"] if not args.no_fifo else []) + args.acquisitions
-    queue = LocalTaskQueue(bench_database(args.db_url), migrate=False)
+    queue = LocalTaskQueue(quality_database(args.db_url), migrate=False)
     outputs = Path(tempfile.mkdtemp(prefix="eqflow-quality-"))
     tag = uuid.uuid4().hex[:8]
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     curves: dict[str, list[list[float]]] = {m: [] for m in methods}
     set_best: list[float] = []
+    checks: list[dict[str, Any]] = []
     started = time.monotonic()
     try:
         for seed in range(args.seeds):
             best_index, best_value = set_best_index(seed_config(base, args, seed, "mean", outputs))
             set_best.append(best_value)
+            checks.append(first_retrain_check(seed_config(base, args, seed, "mean", outputs),
+                                              Path(args.out) if seed == 0 else None))
             for method in methods:
                 cfg = seed_config(base, args, seed, "mean" if method == "fifo" else method, outputs)
                 exp_id = f"quality-{tag}-{method}-s{seed}"
@@ -139,8 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         queue.close()
     summary = summarize(runs, args)
+    summary["first_retrain_alone"] = {
+        "set_best_rank_median": {a: statistics.median(c["set_best_rank"][a] for c in checks)
+                                 for a in ("mean", "ucb", "ei")},
+        "spearman_mean": round(statistics.mean(c["spearman"] for c in checks), 3), "per_seed": checks}
     figures = draw(runs, curves, set_best, args)
     table(summary, methods)
+    alone = summary["first_retrain_alone"]
+    print(f"[quality] the surrogate alone, after the first {args.retrain_after} results: the set's best point "
+          f"ranks {alone['set_best_rank_median']} (median) among the rest; Spearman(predicted, actual) "
+          f"{alone['spearman_mean']}", file=sys.stderr)
     print(json.dumps({"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
                       "seeds": args.seeds, "points": args.points, "dims": args.dims,
                       "retrain_after": args.retrain_after, "workers": args.workers, "runtime": args.runtime,
@@ -165,12 +226,24 @@ def summarize(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
             lags = [lag for r in rows for lag in r["retrain_lag"]]
             s["retrain_lag_mean"] = round(statistics.mean(lags), 1) if lags else None
         if fifo and method != "fifo":
-            s["better_at_25"] = sum(r["best_after"]["25%"] < f["best_after"]["25%"]
-                                    for r, f in zip(rows, fifo, strict=True))
+            pairs = list(zip(rows, fifo, strict=True))
+            s["better_at_25"] = sum(r["best_after"]["25%"] < f["best_after"]["25%"] for r, f in pairs)
+            # FIFO already had the set's best point by 25%: nothing can be better, only as good
+            s["fifo_had_set_best_at_25"] = sum(f["evals_to_best"] is not None
+                                               and f["evals_to_best"] <= int(0.25 * args.points) for f in fifo)
+            s["worse_at_25"] = sum(r["best_after"]["25%"] > f["best_after"]["25%"] for r, f in pairs)
             fifo_median = statistics.median([f["evals_to_best"] for f in fifo if f["evals_to_best"] is not None])
-            s["goal_met"] = (s["median_evals_to_best"] is not None
-                             and s["median_evals_to_best"] <= fifo_median / 3
+            s["median_vs_fifo"] = (round(s["median_evals_to_best"] / fifo_median, 3)
+                                   if s["median_evals_to_best"] is not None else None)
+            # the issue's goal, as written: median <= 1/3 of FIFO's, better at 25% on >= 9 of 10
+            s["goal_met"] = (s["median_vs_fifo"] is not None and s["median_vs_fifo"] <= 1 / 3
                              and s["better_at_25"] >= math.ceil(0.9 * len(rows)))
+            # where FIFO already holds the set's best at 25%, a tie is the best anything can do:
+            # the goal over the seeds where being better was possible, and never worse
+            beatable = len(rows) - s["fifo_had_set_best_at_25"]
+            s["goal_met_where_attainable"] = (s["median_vs_fifo"] is not None and s["median_vs_fifo"] <= 1 / 3
+                                              and s["better_at_25"] >= math.ceil(0.9 * beatable)
+                                              and s["worse_at_25"] == 0)
         out[method] = s
     return out
 
@@ -192,16 +265,22 @@ def table(summary: dict[str, Any], methods: list[str]) -> None:
     from rich.table import Table
 
     t = Table(title="Ackley quality (lower is better)")
-    for col in ("method", "median evals to set's best", "best @10%", "best @25%", "best @50%",
-                "better than FIFO @25%", "retrain lag", "wall s/run", "goal"):
+    for col in ("method", "median evals to set's best (vs FIFO)", "best @10%", "best @25%", "best @50%",
+                "better / tied / worse than FIFO @25%", "retrain lag (evals)", "wall s/run", "goal"):
         t.add_column(col, justify="right")
     for m in methods:
         s = summary[m]
         b = s["best_after_mean"]
-        t.add_row(m, str(s["median_evals_to_best"]), f"{b['10%']:.3f}", f"{b['25%']:.3f}", f"{b['50%']:.3f}",
-                  "" if m == "fifo" else f"{s.get('better_at_25', '-')}",
+        ratio = f" ({s['median_vs_fifo']:.2f})" if s.get("median_vs_fifo") is not None else ""
+        t.add_row(m, f"{s['median_evals_to_best']}{ratio}", f"{b['10%']:.3f}", f"{b['25%']:.3f}", f"{b['50%']:.3f}",
+                  "" if m == "fifo" else f"{s.get('better_at_25', '-')} / "
+                  f"{len(s['evals_to_best']) - s.get('better_at_25', 0) - s.get('worse_at_25', 0)} / "
+                  f"{s.get('worse_at_25', '-')}",
                   "" if m == "fifo" else str(s.get("retrain_lag_mean")), f"{s['wall_s_mean']:.1f}",
-                  "" if "goal_met" not in s else ("met" if s["goal_met"] else "not met"))
+                  "" if "goal_met" not in s else ("met" if s["goal_met"] else
+                                                  f"met where attainable ({s['better_at_25']} of "
+                                                  f"{len(s['evals_to_best']) - s['fifo_had_set_best_at_25']} "
+                                                  "beatable)" if s["goal_met_where_attainable"] else "not met"))
     Console(stderr=True, width=150).print(t)
 
 

@@ -34,7 +34,7 @@ def fit(x: np.ndarray, y: np.ndarray, seed: int = 0) -> Any:
     span = float(np.max(np.ptp(x, axis=0))) if len(x) > 1 else 1.0
     span = span if span > 0 else 1.0
     kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * RBF(span / 4, (span / 20, span * 3))
-              + WhiteKernel(0.1, (1e-4, 10.0)))
+              + WhiteKernel(0.1, (1e-2, 10.0)))
     model = GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=0, random_state=seed)
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)  # hyperparameters at a bound are fine here

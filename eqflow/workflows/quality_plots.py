@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 
 matplotlib.use("Agg")
@@ -40,34 +41,39 @@ def _mean_marks(retrains_at: list[list[int]]) -> list[float]:
 def plot_best_so_far(methods: list[MethodRuns], out: Path, title: str, set_best: list[float] | None = None,
                      retrain_after: int | None = None) -> Path:
     """Mean best-so-far over seeds (line) and +-1 standard deviation (band); retrains as
-    markers on each line at the mean evaluation count where they were applied. Two panels:
-    every evaluation, and the first quarter."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    for ax, zoom in zip(axes, (False, True), strict=True):
+    triangles on each line at the mean evaluation count where they were applied. Panels: every
+    evaluation; the first quarter; and (with ``set_best``, one value per seed) the first
+    quarter as the gap to each seed's set best, which takes out how good each seed's sample is."""
+    panels = ["all", "zoom"] + (["gap"] if set_best else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.8))
+    for ax, panel in zip(axes, panels, strict=True):
         for i, m in enumerate(methods):
             data = _stack(m.curves)
+            if panel == "gap" and set_best:
+                data = data - np.array(set_best, dtype=float)[: len(data), None]
             mean, sd = data.mean(axis=0), data.std(axis=0)
-            n = data.shape[1] if not zoom else max(1, data.shape[1] // 4)
+            n = data.shape[1] if panel == "all" else max(1, data.shape[1] // 4)
             xs = np.arange(1, n + 1)
             color = f"C{i}"
             ax.plot(xs, mean[:n], color=color, label=m.label, linewidth=1.6)
-            ax.fill_between(xs, (mean - sd)[:n], (mean + sd)[:n], color=color, alpha=0.15, linewidth=0)
+            ax.fill_between(xs, (mean - sd)[:n], (mean + sd)[:n], color=color, alpha=0.12, linewidth=0)
             marks = [x for x in _mean_marks(m.retrains_at) if x <= n]
             if marks:
-                ys = np.interp(marks, xs, mean[:n])
-                ax.plot(marks, ys, linestyle="none", marker="v", markersize=6, color=color,
-                        markeredgecolor="black", markeredgewidth=0.5,
-                        label=f"{m.label}: retrain applied" if not zoom else None)
-        if set_best:
+                ax.plot(marks, np.interp(marks, xs, mean[:n]), linestyle="none", marker="v", markersize=6,
+                        color=color, markeredgecolor="black", markeredgewidth=0.5)
+        if panel != "gap" and set_best:
             ax.axhline(float(np.mean(set_best)), color="black", linestyle="--", linewidth=0.8,
-                       label="sample set's best (mean)")
-        if retrain_after and zoom:
+                       label="the sample set's best (mean)")
+        if retrain_after and panel != "all":
             for k in range(retrain_after, n + 1, retrain_after):
                 ax.axvline(k, color="grey", linestyle=":", linewidth=0.6)
         ax.set_xlabel("evaluations (completion order)")
-        ax.set_ylabel("best Ackley value so far")
-        ax.set_title("first quarter (dotted: every retrain_after)" if zoom else "all evaluations")
+        ax.set_ylabel("best so far minus the set's best" if panel == "gap" else "best Ackley value so far")
+        ax.set_title({"all": "all evaluations", "zoom": "first quarter (dotted: retrain due)",
+                      "gap": "first quarter: gap to the set's best"}[panel])
         ax.grid(alpha=0.3)
+    axes[0].plot([], [], linestyle="none", marker="v", color="grey", markeredgecolor="black",
+                 label="retrain applied (mean over seeds)")
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
     return _save(fig, out / "best_so_far.png")
@@ -89,16 +95,24 @@ def plot_evals_to_best(methods: list[MethodRuns], out: Path, title: str) -> Path
     ax.set_xticks(range(len(methods)), [m.label for m in methods])
     ax.set_ylabel("evaluations until the set's best point is evaluated")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_yticks([25, 50, 100, 200, 400, 750])
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, out / "evals_to_best.png")
 
 
 def plot_predicted_vs_actual(predicted: np.ndarray, actual: np.ndarray, out: Path, title: str,
-                             name: str = "predicted_vs_actual.png") -> Path:
-    """The surrogate's predictions for points it was not trained on against their true values."""
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(actual, predicted, s=8, alpha=0.6)
+                             highlight: int | None = None, name: str = "predicted_vs_actual.png") -> Path:
+    """The surrogate's predictions for points it was not trained on against their true values;
+    ``highlight``: index of a point to mark (the sample set's best)."""
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    ax.scatter(actual, predicted, s=8, alpha=0.5, label="queued points")
+    if highlight is not None:
+        ax.scatter([actual[highlight]], [predicted[highlight]], s=80, marker="*", color="C3", zorder=3,
+                   label="the set's best point")
+        ax.legend(fontsize=8)
     lo, hi = float(min(actual.min(), predicted.min())), float(max(actual.max(), predicted.max()))
     ax.plot([lo, hi], [lo, hi], color="grey", linestyle=":")
     ax.set_xlabel("actual Ackley value")
