@@ -113,3 +113,22 @@ def test_pool_and_me_ride_out_an_outage_longer_than_the_lease(own_cluster, tmp_p
     unreachable = [r for r in mine if r.getMessage() == "database unreachable"]
     assert 2 <= len(unreachable) <= 8, [r.__dict__ for r in mine]
     assert sum(r.getMessage() == "database reachable again" for r in mine) == 1
+
+
+def test_a_write_down_a_connection_the_server_dropped_is_retried_not_ambiguous(db_url: str) -> None:
+    """A server restart drops pooled connections; the next non-idempotent write (record_event,
+    a submit without idempotency key) on one used a moment ago must not fail as ambiguous."""
+    q = LocalTaskQueue(db_url, migrate=False, pool_size=1)
+    try:
+        for i in range(3):
+            q.create_experiment(f"dropped-{i}")  # the pooled connection, used just now
+            assert sql(db_url, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                               "WHERE datname = current_database() AND application_name = 'eqflow'") == [(1,)]
+            time.sleep(0.1)  # the server's goodbye has arrived
+            q.record_event("dropped", "write", {"i": i})
+            q.submit("dropped", 1, f"p{i}")
+        assert [e.data["i"] for e in q.events("dropped", "write")] == [0, 1, 2]
+        assert sql(db_url, "SELECT payload FROM tasks WHERE exp_id = 'dropped' ORDER BY task_id") == [
+            ("p0",), ("p1",), ("p2",)]
+    finally:
+        q.close()

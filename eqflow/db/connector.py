@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import select
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -274,12 +275,20 @@ class Connector:
         delay = 0.05
         while True:
             with self.connection() as conn:
+                sent = False
                 try:
+                    if not idempotent and _has_input(conn):
+                        # An idle connection with something to read: most likely the server
+                        # closed it (a restart). A write that cannot be retried is not sent down
+                        # it before a round trip shows it alive; a dead one fails here, unsent.
+                        with _translated():
+                            ConnectionPool.check_connection(conn)
                     with _translated(), conn.cursor(binary=binary) as cur:
+                        sent = True
                         cur.execute(sql, params, prepare=True)
                         return read(cur)
                 except _ConnectionLost as lost:
-                    if not idempotent:
+                    if not idempotent and sent:
                         raise AmbiguousCommit(
                             f"connection lost during {name!r}; it may or may not have been applied"
                         ) from lost.__cause__
@@ -293,6 +302,15 @@ class Connector:
 
 class _ConnectionLost(Exception):
     pass
+
+
+def _has_input(conn: psycopg.Connection[Any]) -> bool:
+    """Whether an idle connection's socket has input waiting (no round trip)."""
+    if conn.closed:
+        return True
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+    return bool(poller.poll(0))
 
 
 @contextmanager
