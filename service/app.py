@@ -237,7 +237,8 @@ class _Context:
             if self.queue is None:
                 try:
                     self.queue = LocalTaskQueue(self.cfg.db_url, pool_size=self.cfg.pool_size,
-                                                max_payload_bytes=self.cfg.max_payload_bytes)
+                                                max_payload_bytes=self.cfg.max_payload_bytes,
+                                                reconnect_timeout=self.cfg.db_wait_s)
                 except psycopg.Error:  # opening (migrations) before the pool exists: no host or user in replies
                     raise errors.DatabaseUnavailable("the database is unavailable") from None
             return self.queue
@@ -266,7 +267,8 @@ class _Context:
             raise errors.PayloadTooLarge(f"a batch of {batch} is over the service's limit of {self.cfg.max_batch}")
         out = run_op(self.get_queue(), name, args)
         if "error" in out:
-            raise _Raised(STATUS.get(out["error"]["type"], 400), out["error"])
+            error = _public(out["error"])
+            raise _Raised(STATUS.get(error["type"], 400), error)
         return out
 
     async def database_state(self) -> str:
@@ -552,6 +554,13 @@ def experiment_tasks(request: Request, exp_id: str) -> dict[str, Any]:
     return _op(request, "experiment_tasks", {"exp_id": exp_id})
 
 
+@router.get("/experiments/tasks", tags=["tasks"])
+def experiment_tasks_by_query(request: Request, exp_id: Annotated[str, Query(max_length=200)]) -> dict[str, Any]:
+    """Every task of an experiment; exp_id as a query parameter, so any exp_id ("/", "?", "#",
+    "%") arrives intact. ServiceTaskQueue uses this route."""
+    return _op(request, "experiment_tasks", {"exp_id": exp_id})
+
+
 @router.get("/pools", tags=["pools"])
 def pools(request: Request, active_only: bool = False) -> dict[str, Any]:
     """Registered worker pools."""
@@ -607,8 +616,16 @@ async def _invalid(_: Request, exc: Exception) -> JSONResponse:
     return _error(422, "InvalidInput", problems)
 
 
+def _public(error: dict[str, Any]) -> dict[str, Any]:
+    """An error as a client may see it: where the database lives (host, port, user) stays here."""
+    if error.get("type") == "DatabaseUnavailable":
+        log.warning("database unavailable", extra={"error": error.get("message")})
+        return {**error, "message": "the database is unavailable; retry later"}
+    return error
+
+
 async def _eqflow_error(_: Request, exc: Exception) -> JSONResponse:
-    body = error_dict(exc)
+    body = _public(error_dict(exc))
     return JSONResponse({"error": body}, status_code=STATUS.get(body["type"], 400))
 
 

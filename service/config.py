@@ -33,6 +33,9 @@ class ServiceConfig(BaseModel):
                                      description="a waiting long-poll checks at least this often (a safety net "
                                                  "for a lost notification)")
     health_timeout_s: float = Field(1.0, gt=0, le=30, description="longest /health waits for the database probe")
+    db_wait_s: float = Field(30.0, gt=0, le=3600,
+                             description="how long a request waits for an unreachable database before its 503 "
+                                         "(clients retry 503s); a request never holds a thread for a whole outage")
 
     def accepted_tokens(self) -> list[str]:
         env = os.environ.get("EQFLOW_SERVICE_TOKENS") or os.environ.get("EQFLOW_SERVICE_TOKEN") or ""

@@ -315,13 +315,20 @@ def test_health_answers_at_once_when_the_database_goes_down():
     home = Path(tempfile.mkdtemp(prefix="eqflow-down-"))
     cluster = EmbeddedPostgres(home)
     url = cluster.ensure_running()
-    svc = ServiceProcess(url)
+    svc = ServiceProcess(url, db_wait_s=2)
     try:
         svc.start()
         assert httpx.post(svc.url + "/v1/tasks", headers=AUTH, timeout=30,
                           json={"exp_id": "down", "task_type": 1, "payloads": ["a"]}).status_code == 200
         cluster.stop()
+        time.sleep(0.6)  # the database's state as /health tells it is at most HEALTH_TTL_S (0.5 s) old
         _assert_answers_unavailable_at_once(svc, db_secrets(url))
+        started = time.monotonic()  # a request waits db_wait_s for the database, then gets 503 (clients retry)
+        stats = httpx.get(svc.url + "/v1/stats", headers=AUTH, timeout=30)
+        assert stats.status_code == 503 and time.monotonic() - started < 10
+        assert stats.json()["error"]["type"] == "DatabaseUnavailable"
+        for secret in db_secrets(url):
+            assert secret not in stats.text, secret
         cluster.ensure_running()  # back: /health says so again
         deadline = time.monotonic() + 15
         while httpx.get(svc.url + "/health", timeout=5).status_code != 200:
