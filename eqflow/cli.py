@@ -48,7 +48,11 @@ def _bench(args: argparse.Namespace) -> int:
     if args.suite == "service":
         from eqflow.bench import service_bench
 
-        figures = service_bench.run(args.url, n_e2e=args.tasks, workers=args.workers, progress=say)
+        if args.long_polls:
+            figures = service_bench.run_long_polls(args.url, long_polls=args.long_polls, clients=args.clients,
+                                                   duration_s=args.seconds, progress=say)
+        else:
+            figures = service_bench.run(args.url, n_e2e=args.tasks, workers=args.workers, progress=say)
     elif args.suite == "pool":
         from eqflow.bench import pool_bench
 
@@ -142,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--url", default=None, help="server to use (default: embedded)")
     bench.add_argument("--tasks", type=int, default=20_000, help="end-to-end tasks")
     bench.add_argument("--workers", type=int, default=4, help="end-to-end worker processes")
+    bench.add_argument("--long-polls", type=int, default=0,
+                       help="service: short-request latency and RSS under this many idle long-polls instead")
+    bench.add_argument("--clients", type=int, default=20, help="service --long-polls: active clients")
+    bench.add_argument("--seconds", type=float, default=15.0, help="service --long-polls: seconds per scenario")
     bench.set_defaults(func=_bench)
 
     stats = sub.add_parser("stats", help="task counts per type and status")
