@@ -70,19 +70,28 @@ class Outage:
         self._delay = 0.0
         self._next_try = 0.0
         self._probing = False
+        self._scheduled = False  # the probe under way is the back-off step's (not a newcomer's)
+        self._answers = 0  # probes answered so far
 
     @property
     def down(self) -> bool:
         return self.since is not None
 
-    def turn(self, deadline: float | None) -> Turn:
+    def turn(self, deadline: float | None, fresh: bool = False) -> Turn:
         """Wait until the caller may use the database: at once when no outage is known; during
-        one, until the next back-off step is due and no other caller is probing."""
+        one, until the next back-off step is due and no other caller is probing.
+
+        fresh: a caller that has not waited on this outage yet tries once at once (quietly: a
+        failure neither logs nor moves the back-off), unless another is trying right now, whose
+        answer it then takes. So a newcomer does not wait out a long step for a database that
+        may be back already, and waiters stay on the back-off."""
         with self._cond:
+            answers = self._answers
             while self.since is not None:
                 now = time.monotonic()
-                if not self._probing and now >= self._next_try:
+                if not self._probing and (now >= self._next_try or (fresh and self._answers == answers)):
                     self._probing = True
+                    self._scheduled = now >= self._next_try
                     return Turn.PROBE
                 if deadline is not None and now >= deadline:
                     return Turn.GIVE_UP
@@ -104,6 +113,7 @@ class Outage:
         """The answer of the caller that got Turn.PROBE: None if the database answered."""
         with self._cond:
             self._probing = False
+            self._answers += 1
             if self.since is None:
                 pass
             elif error is None:
@@ -111,7 +121,7 @@ class Outage:
                     "db": self.where, "down_for_s": round(time.monotonic() - self.since, 1)})
                 self.since = None
                 self.recoveries += 1
-            else:
+            elif self._scheduled:
                 self._step(error)
             self._cond.notify_all()
 
@@ -221,8 +231,10 @@ class Connector:
         self.open()
         deadline = self._deadline()
         outage = self._outage
+        fresh = True
         while True:
-            turn = outage.turn(deadline)
+            turn = outage.turn(deadline, fresh)
+            fresh = False
             if turn is Turn.GIVE_UP:
                 raise self._unavailable()
             if turn is Turn.PROBE:
