@@ -65,8 +65,9 @@ class Future:
     def result(self, timeout: float | None = None) -> str:
         """The task's result; waits up to ``timeout`` seconds (None: forever).
 
-        Raises TimeoutError, TaskFailed or TaskCanceled.
+        Raises TimeoutError, TaskFailed or TaskCanceled (InvalidInput for a NaN or negative timeout).
         """
+        timeout = validate.timeout(timeout)
         if not self._final:
             for _ in as_completed([self], timeout=timeout):
                 pass

@@ -2,7 +2,8 @@
 
 Channels (see sql/migrations/0001_init.sql):
   eqflow_queued  payload "<task_type>"             new or requeued work
-  eqflow_done    payload "<exp_id>|<id>,<id>,..."  tasks that finished
+  eqflow_done    payload "<exp_id>|<id>,<id>,..."  tasks that finished (split at the LAST "|":
+                                                    an exp_id may hold "|", task ids never do)
   eqflow_pool    payload "<pool_id>"               a pool was told to stop
 
 After a (re)connect every inbox is told to resync, since notifications sent while the
@@ -169,7 +170,7 @@ class Listener:
                     outage.probed("listener stopped")
 
     def _route(self, channel: str, payload: str) -> None:
-        key = payload.split("|", 1)[0] if channel == "eqflow_done" else payload
+        key = done_key(payload) if channel == "eqflow_done" else payload
         with self._lock:
             targets = list(self._inboxes.get((channel, key), ()))
         for inbox in targets:
@@ -220,10 +221,18 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
+# The trigger (sql/migrations/0001_init.sql) sends exp_id unescaped, and any exp_id is allowed
+# (they come from EMEWS scripts), so a payload is split at its last "|": the ids after it are
+# digits and commas only. No new migration is needed, and older payloads parse the same way.
+def done_key(payload: str) -> str:
+    """The exp_id an eqflow_done payload is about."""
+    return payload.rpartition("|")[0]
+
+
 def done_ids(payloads: list[str]) -> set[int]:
     """The task ids named by eqflow_done payloads."""
     ids: set[int] = set()
     for payload in payloads:
-        _, _, tail = payload.partition("|")
+        _, _, tail = payload.rpartition("|")
         ids.update(int(t) for t in tail.split(",") if t)
     return ids

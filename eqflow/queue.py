@@ -6,7 +6,6 @@ whatever the number of tasks.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -42,11 +41,14 @@ class LocalTaskQueue:
                  max_payload_bytes: int = DEFAULT_MAX_PAYLOAD, lease_s: float = 60.0,
                  safety_poll_s: float = 5.0, reconnect_timeout: float | None = None,
                  max_attempts: int = 3, migrate: bool = True, create_db: bool = True) -> None:
-        self.url = resolve_url(url, migrate=migrate, create=create_db)
+        # Every argument is checked before the database is touched.
         self.max_payload_bytes = validate.count(max_payload_bytes, "max_payload_bytes", 1, 2**30 - 1)
-        self.lease_s = float(lease_s)
-        self.safety_poll_s = float(safety_poll_s)
-        self.max_attempts = validate.count(max_attempts, "max_attempts", 1, 1000)
+        self.lease_s = validate.lease(lease_s)
+        self.safety_poll_s = validate.seconds(safety_poll_s, "safety_poll_s", 86400.0)
+        reconnect_timeout = validate.timeout(reconnect_timeout, "reconnect_timeout")  # None/inf: no limit
+        pool_size = validate.count(pool_size, "pool_size", 1, 1000)
+        self.max_attempts = validate.max_attempts(max_attempts)
+        self.url = resolve_url(url, migrate=migrate, create=create_db)
         self.db = Connector(self.url, max_size=pool_size, reconnect_timeout=reconnect_timeout)
         self._listener = listener_for(self.url)
         self._closed = False
@@ -96,8 +98,9 @@ class LocalTaskQueue:
             return []
         priorities = validate.per_item(priority, n, "priority", lambda v: validate.int32(v, "priority"))
         tags = validate.per_item(tag, n, "tag", lambda v: validate.optional_text(v, "tag", validate.MAX_TAG))
-        attempts = validate.count(max_attempts if max_attempts is not None else self.max_attempts,
-                                  "max_attempts", 1, 1000)
+        attempts = validate.max_attempts(max_attempts if max_attempts is not None else self.max_attempts)
+        idem_key = validate.idempotency_key(idempotency_key)
+        # Everything is checked above: from here on a failure is the database's, not the input's.
         self._ensure_experiment(exp_id)
         params = {"exp_id": exp_id, "task_type": task_type, "payloads": checked, "priorities": priorities,
                   "tags": tags, "max_attempts": attempts}
@@ -109,7 +112,7 @@ class LocalTaskQueue:
         elif idempotency_key is None:
             rows = self.db.fetch_all("submit_tasks", params, idempotent=False)
         else:
-            params["idem_key"] = validate.text(idempotency_key, "idempotency_key", 200)
+            params["idem_key"] = idem_key
             try:
                 rows = self.db.fetch_all("submit_tasks_once", params)
             except InvalidInput:  # lost the race on the key to an identical call: read its ids
@@ -119,15 +122,16 @@ class LocalTaskQueue:
             raise InvalidInput(f"idempotency key {idempotency_key!r} was used for a submission of {len(ids)} tasks")
         return [Future(self, tid, exp_id, task_type, t) for tid, t in zip(ids, tags, strict=True)]
 
-    def _ensure_experiment(self, exp_id: str, config: dict[str, Any] | None = None) -> None:
+    def _ensure_experiment(self, exp_id: str, config: str = "{}") -> None:
         if exp_id not in self._known_experiments:
-            self.db.execute("upsert_experiment", {"exp_id": exp_id, "config": json.dumps(config or {})})
+            self.db.execute("upsert_experiment", {"exp_id": exp_id, "config": config})
             self._known_experiments.add(exp_id)
 
     def create_experiment(self, exp_id: str, config: dict[str, Any] | None = None) -> None:
         """Record an experiment and its config (submit does this implicitly)."""
+        checked = validate.json_object(config, "config", self.max_payload_bytes)
         self._known_experiments.discard(validate.exp_id(exp_id))
-        self._ensure_experiment(exp_id, config)
+        self._ensure_experiment(exp_id, checked)
 
     def experiment_status(self, exp_id: str) -> str | None:
         """The experiment's status ('running', 'finished', ...), or None if it was never created."""
@@ -165,7 +169,7 @@ class LocalTaskQueue:
         n = validate.count(n, "n")
         pool = validate.text(pool, "pool", 200)
         timeout = validate.timeout(timeout)
-        lease = self.lease_s if lease_s is None else float(lease_s)
+        lease = validate.optional_lease(lease_s, self.lease_s)
         deadline = None if timeout is None else time.monotonic() + timeout
         inbox = self._work_inbox(types) if timeout != 0 else None
         while True:
@@ -238,6 +242,10 @@ class LocalTaskQueue:
         pairs = list(failures)
         if not pairs:
             return {}
+        retry = validate.boolean(retry, "retry")
+        for task, _ in pairs:
+            if not isinstance(task, ClaimedTask):
+                raise InvalidInput(f"report_failure takes (ClaimedTask, error) pairs, got {type(task).__name__}")
         ids = [t.task_id for t, _ in pairs]
         claims = [t.claim_id for t, _ in pairs]
         errors = [validate.text(e, "error", self.max_payload_bytes) for _, e in pairs]
@@ -258,12 +266,13 @@ class LocalTaskQueue:
 
     def extend_leases(self, tasks: Iterable[ClaimedTask], lease_s: float | None = None) -> set[int]:
         """Heartbeat: extend the leases of held tasks in one statement; returns ids still held."""
+        lease = validate.optional_lease(lease_s, self.lease_s)
         held = list(tasks)
         if not held:
             return set()
         rows = self.db.fetch_all("extend_leases", {
             "task_ids": [t.task_id for t in held], "claim_ids": [t.claim_id for t in held],
-            "lease_s": self.lease_s if lease_s is None else float(lease_s)})
+            "lease_s": lease})
         return {r[0] for r in rows}
 
     def rescue_expired(self) -> dict[int, TaskStatus]:
@@ -299,9 +308,10 @@ class LocalTaskQueue:
     def wait_finished(self, task_ids: list[int], exp_ids: set[str], timeout: float) -> list[tuple[Any, ...]]:
         """Finished tasks among ``task_ids``, waiting up to ``timeout`` for at least one."""
         pending: dict[int, Any] = dict.fromkeys(validate.task_ids(task_ids))
+        wait = validate.timeout(timeout)
         watch = self.watch_completions({validate.exp_id(e) for e in exp_ids})
         try:
-            return watch.finished(pending, validate.timeout(timeout))
+            return watch.finished(pending, wait)
         finally:
             watch.close()
 
@@ -373,36 +383,37 @@ class LocalTaskQueue:
                       info: dict[str, Any] | None = None) -> int:
         row = self.db.fetch_one("register_pool", {
             "name": validate.text(name, "pool name", 200), "task_types": list(validate.task_types(task_types)),
-            "launcher": launcher, "host": socket.gethostname(), "pid": os.getpid(), "job_id": job_id,
+            "launcher": validate.text(launcher, "launcher", 200), "host": socket.gethostname(),
+            "pid": os.getpid(), "job_id": validate.optional_text(job_id, "job_id", 200),
             "n_workers": validate.count(n_workers, "n_workers", 1, 100_000),
-            "info": json.dumps(info or {})}, idempotent=False)
+            "info": validate.json_object(info, "pool info")}, idempotent=False)
         assert row is not None
         return int(row[0])
 
     def pool_heartbeat(self, pool_id: int) -> StopMode | None:
         """Record that a pool is alive; returns a pending stop request, if any."""
-        row = self.db.fetch_one("pool_heartbeat", {"pool_id": pool_id})
+        row = self.db.fetch_one("pool_heartbeat", {"pool_id": validate.id64(pool_id, "pool_id")})
         return StopMode(row[0]) if row and row[0] else None
 
     def pool_stopped(self, pool_id: int) -> None:
-        self.db.execute("pool_stopped", {"pool_id": pool_id})
+        self.db.execute("pool_stopped", {"pool_id": validate.id64(pool_id, "pool_id")})
 
     def stop_pools(self, task_type: int | Iterable[int], mode: StopMode | str = StopMode.DRAIN) -> list[str]:
         """Tell the running pools of a type to stop: drain (finish the queue) or now."""
-        mode = StopMode(mode)
+        checked = validate.stop_mode(mode)
         rows = self.db.fetch_all("request_pool_stop", {
-            "mode": mode.value, "task_types": list(validate.task_types(task_type))})
+            "mode": checked.value, "task_types": list(validate.task_types(task_type))})
         return [name for _, name in rows]
 
     def pools(self, active_only: bool = False) -> list[PoolInfo]:
-        rows = self.db.fetch_all("list_pools", {"active_only": active_only})
+        rows = self.db.fetch_all("list_pools", {"active_only": validate.boolean(active_only, "active_only")})
         return [PoolInfo(pool_id=r[0], name=r[1], task_types=r[2], launcher=r[3], host=r[4], pid=r[5],
                          job_id=r[6], status=r[7], n_workers=r[8], stop_requested=StopMode(r[9]) if r[9] else None,
                          started_at=r[10], heartbeat_at=r[11], stopped_at=r[12]) for r in rows]
 
     def pool_inbox(self, pool_id: int) -> Inbox:
         """An inbox woken when this pool is told to stop."""
-        return self._listener.subscribe("eqflow_pool", {str(pool_id)})
+        return self._listener.subscribe("eqflow_pool", {str(validate.id64(pool_id, "pool_id"))})
 
 
 def _changed_or_raise(rows: list[tuple[Any, ...]]) -> list[int]:

@@ -23,6 +23,12 @@ from eqflow.queue import LocalTaskQueue
 MAX_WAIT_S = 25.0  # longest a remote call blocks (claim, completions) before answering
 
 
+def _capped_wait(timeout: Any) -> float:
+    """A client's wait, checked (NaN and negatives are refused) and capped at MAX_WAIT_S."""
+    wait = validate.timeout(timeout)
+    return MAX_WAIT_S if wait is None else min(wait, MAX_WAIT_S)
+
+
 def _claim(q: LocalTaskQueue, task_types: list[int], n: int = 1, pool: str = "default",
            timeout: float = 0.0, lease_s: float | None = None) -> dict[str, Any]:
     wait = min(validate.timeout(timeout) or 0.0, MAX_WAIT_S)
@@ -90,7 +96,7 @@ OPS: dict[str, Callable[..., dict[str, Any]]] = {
          "status": f._status.value, "result": f._result, "error": f._error, "pool": f._pool}
         for f in q.experiment_futures(exp_id)]},
     "wait_finished": lambda q, task_ids, exp_ids, timeout=0.0: {"finished": [
-        list(r) for r in q.wait_finished(task_ids, set(exp_ids), min(float(timeout), MAX_WAIT_S))]},
+        list(r) for r in q.wait_finished(task_ids, set(exp_ids), _capped_wait(timeout))]},
     "stop_pools": lambda q, task_type, mode="drain": {"pools": q.stop_pools(task_type, mode)},
     "pools": _pools,
     "rescue_expired": lambda q: {"rescued": {str(k): v.value for k, v in q.rescue_expired().items()}},
@@ -162,19 +168,24 @@ class RemoteTaskQueue:
                     priority: int | Sequence[int] = 0, tag: str | None | Sequence[str | None] = None,
                     max_attempts: int | None = None, idempotency_key: str | None = None) -> list[Future]:
         """As LocalTaskQueue.submit_many; an idempotency key is always sent, so a retry after a
-        lost reply cannot submit twice."""
+        lost reply cannot submit twice. Every argument is checked here first, as LocalTaskQueue
+        checks it: a NaN or a lone surrogate never reaches the JSON encoder or the server."""
         validate.exp_id(exp_id)
         validate.task_type(task_type)
         payloads = [validate.text(p, "payload", self.max_payload_bytes) for p in validate.as_sequence(payloads,
                                                                                                       "payloads")]
         if not payloads:
             return []
+        priorities = validate.per_item(priority, len(payloads), "priority", lambda v: validate.int32(v, "priority"))
         tags = validate.per_item(tag, len(payloads), "tag",
                                  lambda v: validate.optional_text(v, "tag", validate.MAX_TAG))
+        if max_attempts is not None:
+            validate.max_attempts(max_attempts)
+        key = validate.idempotency_key(idempotency_key)
         out = self._op("submit", {"exp_id": exp_id, "task_type": task_type, "payloads": payloads,
-                                  "priority": list(priority) if isinstance(priority, (list, tuple)) else priority,
+                                  "priority": priorities if isinstance(priority, (list, tuple)) else priorities[0],
                                   "tag": tags, "max_attempts": max_attempts,
-                                  "idempotency_key": idempotency_key or uuid.uuid4().hex})
+                                  "idempotency_key": key or uuid.uuid4().hex})
         return [Future(self, tid, exp_id, task_type, t) for tid, t in zip(out["task_ids"], tags, strict=True)]
 
     # -- pool side ----------------------------------------------------------------------------------
@@ -182,7 +193,10 @@ class RemoteTaskQueue:
               timeout: float | None = 0.0, lease_s: float | None = None) -> list[ClaimedTask]:
         types = list(validate.task_types(task_types))
         validate.count(n, "n")
+        validate.text(pool, "pool", 200)
         timeout = validate.timeout(timeout)
+        if lease_s is not None:
+            lease_s = validate.lease(lease_s)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = MAX_WAIT_S if deadline is None else max(0.0, deadline - time.monotonic())
@@ -198,7 +212,9 @@ class RemoteTaskQueue:
         return set(self._op("report", {"results": body})["accepted"]) if body else set()
 
     def report_failure(self, failures: Iterable[tuple[ClaimedTask, str]], retry: bool = True) -> dict[int, TaskStatus]:
-        body = [{"task_id": t.task_id, "claim_id": t.claim_id, "error": e} for t, e in failures]
+        validate.boolean(retry, "retry")
+        body = [{"task_id": t.task_id, "claim_id": t.claim_id,
+                 "error": validate.text(e, "error", self.max_payload_bytes)} for t, e in failures]
         if not body:
             return {}
         out = self._op("report_failure", {"failures": body, "retry": retry})["statuses"]
@@ -209,6 +225,8 @@ class RemoteTaskQueue:
         return set(self._op("release", {"tasks": body})["released"]) if body else set()
 
     def extend_leases(self, tasks: Iterable[ClaimedTask], lease_s: float | None = None) -> set[int]:
+        if lease_s is not None:
+            lease_s = validate.lease(lease_s)
         body = [{"task_id": t.task_id, "claim_id": t.claim_id} for t in tasks]
         return set(self._op("extend_leases", {"tasks": body, "lease_s": lease_s})["held"]) if body else set()
 
@@ -225,7 +243,11 @@ class RemoteTaskQueue:
 
     def set_priorities(self, tasks: Iterable[Any], priority: int | Sequence[int]) -> list[int]:
         ids = validate.task_ids(tasks)
-        prio = list(priority) if isinstance(priority, (list, tuple)) else priority
+        if isinstance(priority, (list, tuple)):
+            prio: int | list[int] = validate.per_item(priority, len(ids), "priority",
+                                                      lambda v: validate.int32(v, "priority"))
+        else:
+            prio = validate.int32(priority, "priority")
         return list(self._op("set_priorities", {"task_ids": ids, "priority": prio})["changed"]) if ids else []
 
     def cancel(self, tasks: Iterable[Any]) -> list[int]:
@@ -233,10 +255,12 @@ class RemoteTaskQueue:
         return list(self._op("cancel", {"task_ids": ids})["canceled"]) if ids else []
 
     def stats(self, exp_id: str | None = None) -> dict[int, dict[str, int]]:
-        return {int(k): v for k, v in self._op("stats", {"exp_id": exp_id})["stats"].items()}
+        checked = None if exp_id is None else validate.exp_id(exp_id)
+        return {int(k): v for k, v in self._op("stats", {"exp_id": checked})["stats"].items()}
 
     def open_count(self, task_type: int | None = None) -> int:
-        return int(self._op("open_count", {"task_type": task_type})["count"])
+        checked = None if task_type is None else validate.task_type(task_type)
+        return int(self._op("open_count", {"task_type": checked})["count"])
 
     def experiment_futures(self, exp_id: str) -> list[Future]:
         futures = []
@@ -250,7 +274,10 @@ class RemoteTaskQueue:
         return self.wait_finished(task_ids, set(), 0.0)
 
     def wait_finished(self, task_ids: list[int], exp_ids: set[str], timeout: float) -> list[tuple[Any, ...]]:
-        out = self._op("wait_finished", {"task_ids": task_ids, "exp_ids": sorted(exp_ids), "timeout": timeout})
+        wait = validate.timeout(timeout)
+        out = self._op("wait_finished", {"task_ids": validate.task_ids(task_ids),
+                                         "exp_ids": sorted(validate.exp_id(e) for e in exp_ids),
+                                         "timeout": MAX_WAIT_S if wait is None else min(wait, MAX_WAIT_S)})
         return [tuple(r) for r in out["finished"]]
 
     def watch_completions(self, exp_ids: set[str]) -> RemoteCompletionWatch:
@@ -265,11 +292,11 @@ class RemoteTaskQueue:
 
     def stop_pools(self, task_type: int | Iterable[int], mode: StopMode | str = StopMode.DRAIN) -> list[str]:
         types = list(validate.task_types(task_type))
-        return list(self._op("stop_pools", {"task_type": types, "mode": StopMode(mode).value})["pools"])
+        return list(self._op("stop_pools", {"task_type": types, "mode": validate.stop_mode(mode).value})["pools"])
 
     def pools(self, active_only: bool = False) -> list[PoolInfo]:
         out = []
-        for row in self._op("pools", {"active_only": active_only})["pools"]:
+        for row in self._op("pools", {"active_only": validate.boolean(active_only, "active_only")})["pools"]:
             row["stop_requested"] = StopMode(row["stop_requested"]) if row["stop_requested"] else None
             for key in ("started_at", "heartbeat_at", "stopped_at"):
                 row[key] = datetime.fromisoformat(row[key]) if row[key] else None
@@ -291,7 +318,8 @@ class RemoteTaskQueue:
                                idempotent=False))
 
     def events(self, exp_id: str, kind: str | None = None) -> list[ExperimentEvent]:
-        rows = self._op("events", {"exp_id": validate.exp_id(exp_id), "kind": kind})["events"]
+        rows = self._op("events", {"exp_id": validate.exp_id(exp_id),
+                                   "kind": validate.optional_text(kind, "event kind", 100)})["events"]
         return [_event(r) for r in rows]
 
     def rescue_expired(self) -> dict[int, TaskStatus]:

@@ -33,7 +33,9 @@ ROUTES: dict[str, tuple[str, str]] = {
     "wait_finished": ("POST", "/v1/tasks/completions"),
     "stats": ("GET", "/v1/stats"),
     "open_count": ("GET", "/v1/queues/open"),
-    "experiment_tasks": ("GET", "/v1/experiments/{exp_id}/tasks"),
+    # exp_id as a query parameter: any character ("/", "?", "#", "%") arrives as it was sent,
+    # where a path segment would be split, cut or decoded twice (the path route still answers)
+    "experiment_tasks": ("GET", "/v1/experiments/tasks"),
     "pools": ("GET", "/v1/pools"),
     "stop_pools": ("POST", "/v1/pools/stop"),
     "rescue_expired": ("POST", "/v1/rescue"),
@@ -75,8 +77,6 @@ class ServiceTaskQueue(RemoteTaskQueue):
 
     def _op(self, op: str, args: dict[str, Any], *, idempotent: bool = True) -> dict[str, Any]:
         method, path = ROUTES[op]
-        if "{exp_id}" in path:
-            path = path.format(exp_id=httpx.URL(args.pop("exp_id")).raw_path.decode())
         params = {k: v for k, v in args.items() if v is not None} if method == "GET" else None
         body = args if method == "POST" else None
         deadline = time.monotonic() + self.retry_timeout
