@@ -435,3 +435,34 @@ def test_property_raw_service_bodies_get_a_4xx_or_succeed(shared_service: tuple[
     assert response.status_code < 500, (route, body, response.text)
     if response.status_code >= 400:
         assert counts(url) == before
+
+
+RAW_REQUESTS = [
+    ("GET", "/v1/stats?exp_id=%ED%A0%80", None), ("GET", "/v1/stats?exp_id=%00", None),
+    ("GET", "/v1/experiments/tasks?exp_id=%00", None), ("GET", "/v1/experiments/tasks?exp_id=%ED%A0%80", None),
+    ("GET", "/v1/experiments/tasks?exp_id=", None), ("GET", "/v1/experiments/%00/tasks", None),
+    ("GET", "/v1/experiments/%ED%A0%80/tasks", None), ("GET", "/v1/events?exp_id=x&kind=%00", None),
+    ("GET", "/v1/experiments/status?exp_id=%ED%A0%80", None), ("GET", "/v1/queues/open?task_type=NaN", None),
+    ("POST", "/v1/events", b'{"exp_id": "x", "kind": "k", "data": {"\\ud800": 1}}'),
+    ("POST", "/v1/events", b'{"exp_id": "x", "kind": "k", "data": {"v": NaN}}'),
+    ("POST", "/v1/events", b'{"exp_id": "x", "kind": "k", "data": {"v": "\\u0000"}}'),
+    ("POST", "/v1/experiments/status", b'{"exp_id": "x", "status": "\\ud800"}'),
+    ("POST", "/v1/tasks/completions", b'{"task_ids": [1], "exp_ids": ["\\ud800"], "timeout": NaN}'),
+    ("POST", "/v1/tasks/completions", b'{"task_ids": [1], "exp_ids": ["a|b"], "timeout": Infinity}'),
+    ("POST", "/v1/tasks/fail", b'{"failures": [{"task_id": 1, "claim_id": 1, "error": "\\ud800"}]}'),
+    ("POST", "/v1/tasks/heartbeat", b'{"tasks": [{"task_id": 1, "claim_id": 1}], "lease_s": NaN}'),
+    ("POST", "/v1/pools/stop", b'{"task_type": 1, "mode": "\\ud800"}'),
+    ("POST", "/v1/tasks/priorities", b'{"task_ids": [1], "priority": 1e400}'),
+]
+
+
+def test_raw_requests_with_bad_text_or_numbers_get_a_4xx(service: ServiceProcess, db_url: str) -> None:
+    # A query string's invalid UTF-8 (%ED%A0%80) arrives as U+FFFD, a valid character: a GET may
+    # answer 200. Every body here is refused, and nothing answers 5xx.
+    failures = []
+    for method, path, body in RAW_REQUESTS:
+        response = httpx.request(method, service.url + path, content=body, headers=AUTH, timeout=40)
+        if response.status_code >= 500 or (body is not None and response.status_code < 400):
+            failures.append((method, path, body, response.status_code, response.text[:200]))
+    assert failures == [], "\n".join(map(str, failures))
+    assert counts(db_url) == (0, 0, 0, 0)
