@@ -219,13 +219,8 @@ class LocalTaskQueue:
         pairs = list(results)
         if not pairs:
             return set()
-        ids, claims, texts = [], [], []
-        for task, result in pairs:
-            if not isinstance(task, ClaimedTask):
-                raise InvalidInput(f"report takes (ClaimedTask, result) pairs, got {type(task).__name__}")
-            ids.append(task.task_id)
-            claims.append(task.claim_id)
-            texts.append(validate.text(result, "result", self.max_payload_bytes))
+        ids, claims = validate.held((task for task, _ in pairs), "report")
+        texts = [validate.text(result, "result", self.max_payload_bytes) for _, result in pairs]
         rows = self.db.fetch_all("report_results", {"task_ids": ids, "claim_ids": claims, "results": texts})
         accepted = {r[0] for r in rows}
         if len(accepted) < len(set(ids)):
@@ -243,11 +238,7 @@ class LocalTaskQueue:
         if not pairs:
             return {}
         retry = validate.boolean(retry, "retry")
-        for task, _ in pairs:
-            if not isinstance(task, ClaimedTask):
-                raise InvalidInput(f"report_failure takes (ClaimedTask, error) pairs, got {type(task).__name__}")
-        ids = [t.task_id for t, _ in pairs]
-        claims = [t.claim_id for t, _ in pairs]
+        ids, claims = validate.held((task for task, _ in pairs), "report_failure")
         errors = [validate.text(e, "error", self.max_payload_bytes) for _, e in pairs]
         rows = self.db.fetch_all("report_failures", {
             "task_ids": ids, "claim_ids": claims, "errors": errors, "retry": [retry] * len(ids)})
@@ -256,23 +247,21 @@ class LocalTaskQueue:
     def release(self, tasks: Iterable[ClaimedTask], *, unstarted: bool = False) -> set[int]:
         """Give claimed tasks back to the queue unfinished (a pool that stops). Not a failure.
         Their runs still count in ``attempts`` unless ``unstarted`` (never handed to a worker)."""
-        held = list(tasks)
-        if not held:
+        ids, claims = validate.held(tasks, "release")
+        if not ids:
             return set()
         rows = self.db.fetch_all("release_tasks", {
-            "task_ids": [t.task_id for t in held], "claim_ids": [t.claim_id for t in held],
+            "task_ids": ids, "claim_ids": claims,
             "unstarted": bool(unstarted)})
         return {r[0] for r in rows}
 
     def extend_leases(self, tasks: Iterable[ClaimedTask], lease_s: float | None = None) -> set[int]:
         """Heartbeat: extend the leases of held tasks in one statement; returns ids still held."""
         lease = validate.optional_lease(lease_s, self.lease_s)
-        held = list(tasks)
-        if not held:
+        ids, claims = validate.held(tasks, "extend_leases")
+        if not ids:
             return set()
-        rows = self.db.fetch_all("extend_leases", {
-            "task_ids": [t.task_id for t in held], "claim_ids": [t.claim_id for t in held],
-            "lease_s": lease})
+        rows = self.db.fetch_all("extend_leases", {"task_ids": ids, "claim_ids": claims, "lease_s": lease})
         return {r[0] for r in rows}
 
     def rescue_expired(self) -> dict[int, TaskStatus]:

@@ -9,11 +9,13 @@ answers are retried until ``retry_timeout``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
 import httpx
 
+from eqflow import validate
 from eqflow.errors import AuthError, ConfigError, DatabaseUnavailable, EqflowError
 from eqflow.remote import MAX_WAIT_S, RemoteTaskQueue, raise_error
 
@@ -55,7 +57,8 @@ class ServiceTaskQueue(RemoteTaskQueue):
                  retry_timeout: float = 60.0, max_payload_bytes: int = 16 * 1024 * 1024) -> None:
         import os
 
-        super().__init__(max_payload_bytes)
+        super().__init__(validate.count(max_payload_bytes, "max_payload_bytes", 1, 2**30 - 1))
+        wait = validate.timeout(retry_timeout, "retry_timeout")  # NaN would retry forever
         self.token = token or os.environ.get("EQFLOW_SERVICE_TOKEN")
         if not self.token:
             raise ConfigError("ServiceTaskQueue needs a token (argument or $EQFLOW_SERVICE_TOKEN)")
@@ -66,7 +69,7 @@ class ServiceTaskQueue(RemoteTaskQueue):
         if not url:
             raise ConfigError("ServiceTaskQueue needs the service URL or a tunnel")
         self.url = url.rstrip("/")
-        self.retry_timeout = retry_timeout
+        self.retry_timeout = math.inf if wait is None else wait
         self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"},
                                  timeout=httpx.Timeout(MAX_WAIT_S + 30, connect=10.0))
 

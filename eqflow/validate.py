@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from eqflow.errors import InvalidInput, PayloadTooLarge
-from eqflow.models import StopMode
+from eqflow.models import ClaimedTask, StopMode
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 ID_MAX = 2**63 - 1
@@ -137,6 +137,18 @@ def id64(value: Any, name: str) -> int:
     if not 0 <= value <= ID_MAX:
         raise InvalidInput(f"{name} out of range (0..2**63-1): {value}")
     return value
+
+
+def held(tasks: Iterable[Any], what: str) -> tuple[list[int], list[int | None]]:
+    """Task and claim ids of claimed tasks (a report, a release, a heartbeat)."""
+    ids: list[int] = []
+    claims: list[int | None] = []
+    for task in tasks:
+        if not isinstance(task, ClaimedTask):
+            raise InvalidInput(f"{what} takes ClaimedTasks (from claim), got {type(task).__name__}")
+        ids.append(id64(task.task_id, "task_id"))
+        claims.append(None if task.claim_id is None else id64(task.claim_id, "claim_id"))
+    return ids, claims
 
 
 def boolean(value: Any, name: str) -> bool:
