@@ -234,10 +234,10 @@ class LocalTaskQueue:
 
         Returns the new status of each accepted task.
         """
+        retry = validate.boolean(retry, "retry")
         pairs = list(failures)
         if not pairs:
             return {}
-        retry = validate.boolean(retry, "retry")
         ids, claims = validate.held((task for task, _ in pairs), "report_failure")
         errors = [validate.text(e, "error", self.max_payload_bytes) for _, e in pairs]
         rows = self.db.fetch_all("report_failures", {

@@ -207,27 +207,32 @@ class RemoteTaskQueue:
                 return tasks
 
     def report(self, results: Iterable[tuple[ClaimedTask, str]]) -> set[int]:
-        body = [{"task_id": t.task_id, "claim_id": t.claim_id,
-                 "result": validate.text(r, "result", self.max_payload_bytes)} for t, r in results]
+        pairs = list(results)
+        ids, claims = validate.held((t for t, _ in pairs), "report")
+        body = [{"task_id": tid, "claim_id": c, "result": validate.text(r, "result", self.max_payload_bytes)}
+                for tid, c, (_, r) in zip(ids, claims, pairs, strict=True)]
         return set(self._op("report", {"results": body})["accepted"]) if body else set()
 
     def report_failure(self, failures: Iterable[tuple[ClaimedTask, str]], retry: bool = True) -> dict[int, TaskStatus]:
         validate.boolean(retry, "retry")
-        body = [{"task_id": t.task_id, "claim_id": t.claim_id,
-                 "error": validate.text(e, "error", self.max_payload_bytes)} for t, e in failures]
+        pairs = list(failures)
+        ids, claims = validate.held((t for t, _ in pairs), "report_failure")
+        body = [{"task_id": tid, "claim_id": c, "error": validate.text(e, "error", self.max_payload_bytes)}
+                for tid, c, (_, e) in zip(ids, claims, pairs, strict=True)]
         if not body:
             return {}
         out = self._op("report_failure", {"failures": body, "retry": retry})["statuses"]
         return {int(k): TaskStatus(v) for k, v in out.items()}
 
     def release(self, tasks: Iterable[ClaimedTask]) -> set[int]:
-        body = [{"task_id": t.task_id, "claim_id": t.claim_id} for t in tasks]
+        body = [{"task_id": tid, "claim_id": c} for tid, c in zip(*validate.held(tasks, "release"), strict=True)]
         return set(self._op("release", {"tasks": body})["released"]) if body else set()
 
     def extend_leases(self, tasks: Iterable[ClaimedTask], lease_s: float | None = None) -> set[int]:
         if lease_s is not None:
             lease_s = validate.lease(lease_s)
-        body = [{"task_id": t.task_id, "claim_id": t.claim_id} for t in tasks]
+        body = [{"task_id": tid, "claim_id": c}
+                for tid, c in zip(*validate.held(tasks, "extend_leases"), strict=True)]
         return set(self._op("extend_leases", {"tasks": body, "lease_s": lease_s})["held"]) if body else set()
 
     # -- ME side ------------------------------------------------------------------------------------

@@ -250,6 +250,21 @@ def test_pool_ids_are_checked(queue: LocalTaskQueue) -> None:
             queue.pool_stopped(bad)  # type: ignore[arg-type]
 
 
+def test_claimed_tasks_are_checked_on_both_transports(queue: LocalTaskQueue, stq: ServiceTaskQueue) -> None:
+    from eqflow.models import ClaimedTask
+
+    forged = ClaimedTask(2**64, "exp", 1, 0, "p", None, 1, 1, "pool")
+    for q in (queue, stq):
+        with pytest.raises(InvalidInput, match="report takes ClaimedTasks"):
+            q.report([(7, "r")])  # type: ignore[list-item]
+        with pytest.raises(InvalidInput, match="task_id"):
+            q.report_failure([(forged, "e")])
+        with pytest.raises(InvalidInput, match="task_id"):
+            q.extend_leases([forged])
+        with pytest.raises(InvalidInput, match="retry"):
+            q.report_failure([], retry="yes")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf, 2**40, 1.5, "3"])
 def test_service_numbers_are_checked_before_sending(stq: ServiceTaskQueue, db_url: str, value: Any) -> None:
     started = time.monotonic()
