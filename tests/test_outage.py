@@ -51,6 +51,7 @@ def test_pool_and_me_ride_out_an_outage_longer_than_the_lease(own_cluster, tmp_p
     rider = start_pool(url, rider_log, runs, "--types", "1", "--workers", "2", "--lease", LEASE_S)
     quitter = start_pool(url, quitter_log, runs, "--types", "1", "--workers", "1", "--lease", LEASE_S,
                          "--db-timeout", "3")
+    stopper = start_pool(url, tmp_path / "stopper.log", runs, "--types", "1", "--workers", "1", "--lease", LEASE_S)
     records = Records()
     logging.getLogger("eqflow").addHandler(records)
     yielded: list[int] = []
@@ -61,8 +62,10 @@ def test_pool_and_me_ride_out_an_outage_longer_than_the_lease(own_cluster, tmp_p
         cluster.stop()  # type: ignore[attr-defined]
         started = time.monotonic()
         # the pool with --db-timeout 3 exits 1 during the outage; the other waits on
-        wait_for(lambda: quitter.poll() is not None, timeout=OUTAGE_S - 2)
-        during.extend([quitter.poll(), rider.poll()])
+        wait_for(lambda: quitter.poll() is not None, timeout=OUTAGE_S - 8)
+        stopper.send_signal(signal.SIGTERM)  # told to stop in the outage: it does not wait for the database
+        wait_for(lambda: stopper.poll() is not None, timeout=5)
+        during.extend([quitter.poll(), stopper.poll(), rider.poll()])
         time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - started)))
         cluster.ensure_running()  # type: ignore[attr-defined]
         outage_done.set()
@@ -77,7 +80,7 @@ def test_pool_and_me_ride_out_an_outage_longer_than_the_lease(own_cluster, tmp_p
         assert bouncer is not None
         bouncer.join(timeout=60)
         assert outage_done.is_set()
-        assert during == [1, None], "the --db-timeout pool exits 1, the default one rides on"
+        assert during == [1, 1, None], "the --db-timeout pool and the one stopped exit 1, the other rides on"
         assert sorted(yielded) == sorted(f.task_id for f in futures)  # each future once
         assert all(f.status is TaskStatus.COMPLETE and f.result() == p for f, p in zip(futures, payloads, strict=True))
         assert sql(url, "SELECT count(*) FROM tasks WHERE status = 'complete'") == [(150,)]
@@ -94,8 +97,9 @@ def test_pool_and_me_ride_out_an_outage_longer_than_the_lease(own_cluster, tmp_p
         logging.getLogger("eqflow").removeHandler(records)
         rider.send_signal(signal.SIGTERM)
         rider.wait(timeout=30)
-        if quitter.poll() is None:
-            quitter.kill()
+        for pool in (quitter, stopper):
+            if pool.poll() is None:
+                pool.kill()
         me.close()
     assert rider.returncode == 0
     lines = log_lines(rider_log)
@@ -108,6 +112,7 @@ def test_pool_and_me_ride_out_an_outage_longer_than_the_lease(own_cluster, tmp_p
     assert len(lines) < 25, "\n".join(map(json.dumps, lines))
     quit_lines = log_lines(quitter_log)
     assert count(quit_lines, "database unreachable for too long; the pool exits") == 1
+    assert count(log_lines(tmp_path / "stopper.log"), "stopping during a database outage") == 1
     # the ME (this process) too: a handful of lines, one outage
     mine = [r for r in records.records if r.levelno >= logging.WARNING]
     unreachable = [r for r in mine if r.getMessage() == "database unreachable"]

@@ -130,10 +130,14 @@ class Pool:
                 self._dispatch(runner)  # keep workers busy while the results are reported
                 self._report(outcomes)
         except DatabaseUnavailable as exc:
-            # Only with a give-up (--db-timeout): by default every call waits out an outage.
+            # With a give-up (--db-timeout), or told to stop by a signal during an outage: by
+            # default every call waits the outage out.
             self._db_gone = True
-            log.error("database unreachable for too long; the pool exits", extra={
-                "pool": self.pool_name, "db_timeout_s": self.queue.db.reconnect_timeout, "error": str(exc)})
+            if self._stop_mode is StopMode.NOW:
+                log.warning("stopping during a database outage", extra={"pool": self.pool_name})
+            else:
+                log.error("database unreachable for too long; the pool exits", extra={
+                    "pool": self.pool_name, "db_timeout_s": self.queue.db.reconnect_timeout, "error": str(exc)})
             raise
         finally:
             self._shutdown(runner)
@@ -370,8 +374,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     queue = LocalTaskQueue(args.db, lease_s=args.lease, reconnect_timeout=args.db_timeout)
     pool = Pool(queue, cfg)
+
+    def on_signal(*_: object) -> None:
+        pool.request_stop(StopMode.NOW)
+        queue.db.stop_waiting()  # in an outage: exit now, held tasks return as their leases expire
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: pool.request_stop(StopMode.NOW))
+        signal.signal(sig, on_signal)
     try:
         pool.run()
     except DatabaseUnavailable as exc:

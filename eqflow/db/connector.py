@@ -77,14 +77,15 @@ class Outage:
     def down(self) -> bool:
         return self.since is not None
 
-    def turn(self, deadline: float | None, fresh: bool = False) -> Turn:
+    def turn(self, deadline: float | None, fresh: bool = False,
+             cancel: threading.Event | None = None) -> Turn:
         """Wait until the caller may use the database: at once when no outage is known; during
         one, until the next back-off step is due and no other caller is probing.
 
         fresh: a caller that has not waited on this outage yet tries once at once (quietly: a
         failure neither logs nor moves the back-off), unless another is trying right now, whose
         answer it then takes. So a newcomer does not wait out a long step for a database that
-        may be back already, and waiters stay on the back-off."""
+        may be back already, and waiters stay on the back-off. cancel: give up once it is set."""
         with self._cond:
             answers = self._answers
             while self.since is not None:
@@ -93,11 +94,13 @@ class Outage:
                     self._probing = True
                     self._scheduled = now >= self._next_try
                     return Turn.PROBE
-                if deadline is not None and now >= deadline:
+                if (deadline is not None and now >= deadline) or (cancel is not None and cancel.is_set()):
                     return Turn.GIVE_UP
                 wait = None if self._probing else self._next_try - now
                 if deadline is not None:
                     wait = deadline - now if wait is None else min(wait, deadline - now)
+                if cancel is not None:  # looked at twice a second
+                    wait = 0.5 if wait is None else min(wait, 0.5)
                 self._cond.wait(wait)
             return Turn.UP
 
@@ -199,6 +202,12 @@ class Connector:
         )
         self._opened = False
         self._last_used: dict[int, float] = {}
+        self._stop_waiting = threading.Event()
+
+    def stop_waiting(self) -> None:
+        """From now on a call that finds the database unreachable raises DatabaseUnavailable
+        (after one try) instead of waiting: for a pool told to stop during an outage."""
+        self._stop_waiting.set()
 
     def _check(self, conn: psycopg.Connection[Any]) -> None:
         """Check a pooled connection with a round trip, unless it was used a moment ago: a
@@ -221,6 +230,8 @@ class Connector:
         return None if self.reconnect_timeout is None else time.monotonic() + self.reconnect_timeout
 
     def _unavailable(self) -> DatabaseUnavailable:
+        if self.reconnect_timeout is None or self._stop_waiting.is_set():
+            return DatabaseUnavailable(f"database unreachable; stopped waiting ({_safe(self.url)})")
         return DatabaseUnavailable(
             f"no database connection within {self.reconnect_timeout:.0f}s ({_safe(self.url)})")
 
@@ -233,7 +244,7 @@ class Connector:
         outage = self._outage
         fresh = True
         while True:
-            turn = outage.turn(deadline, fresh)
+            turn = outage.turn(deadline, fresh, self._stop_waiting)
             fresh = False
             if turn is Turn.GIVE_UP:
                 raise self._unavailable()
