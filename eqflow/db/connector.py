@@ -72,6 +72,7 @@ class Outage:
         self._probing = False
         self._scheduled = False  # the probe under way is the back-off step's (not a newcomer's)
         self._answers = 0  # probes answered so far
+        self._looked_at = -GETCONN_S  # the last probe of a caller that got no pooled connection
 
     @property
     def down(self) -> bool:
@@ -103,6 +104,16 @@ class Outage:
                     wait = 0.5 if wait is None else min(wait, 0.5)
                 self._cond.wait(wait)
             return Turn.UP
+
+    def worth_a_look(self) -> bool:
+        """Whether a caller that got no pooled connection should probe: not if another did so
+        a moment ago (many threads waiting on a busy pool do not each open a connection)."""
+        with self._cond:
+            now = time.monotonic()
+            if now - self._looked_at < GETCONN_S:
+                return False
+            self._looked_at = now
+            return True
 
     def failed(self, error: str) -> None:
         """A connection attempt outside a probe failed: the outage starts (if not known yet)."""
@@ -264,7 +275,8 @@ class Connector:
                 conn = self._pool.getconn(timeout=wait)
                 break
             except PoolTimeout:
-                error = probe(self.url)
+                # Down, or every pooled connection busy? One look per process and GETCONN_S.
+                error = probe(self.url) if outage.worth_a_look() else None
                 if error is not None:
                     outage.failed(error)
                 elif deadline is not None and time.monotonic() >= deadline:
