@@ -119,7 +119,8 @@ class LocalTaskQueue:
                 rows = self.db.fetch_all("submit_tasks_once", params)
         ids = sorted(r[0] for r in rows)  # identities are drawn in payload order
         if len(ids) != n:
-            raise InvalidInput(f"idempotency key {idempotency_key!r} was used for a submission of {len(ids)} tasks")
+            raise InvalidInput(f"idempotency key {idempotency_key!r} was used before for another submission "
+                               f"({'another experiment' if not ids else f'{len(ids)} tasks'})")
         return [Future(self, tid, exp_id, task_type, t) for tid, t in zip(ids, tags, strict=True)]
 
     def _ensure_experiment(self, exp_id: str, config: str = "{}") -> None:

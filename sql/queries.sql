@@ -249,7 +249,8 @@ rec AS (
     RETURNING 1)
 SELECT task_id FROM ins
 UNION ALL
-SELECT unnest(task_ids) FROM submissions WHERE idem_key = %(idem_key)s AND NOT (SELECT ok FROM fresh);
+SELECT unnest(task_ids) FROM submissions WHERE idem_key = %(idem_key)s AND NOT (SELECT ok FROM fresh)
+                                           AND exp_id = %(exp_id)s;
 
 -- name: record_event
 INSERT INTO experiment_events (exp_id, kind, data)

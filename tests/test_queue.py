@@ -236,5 +236,8 @@ def test_idempotency_key_makes_a_repeated_submit_return_the_same_tasks(queue, db
 
     from eqflow import InvalidInput
 
-    with _pytest.raises(InvalidInput, match="was used for a submission of 2 tasks"):
+    with _pytest.raises(InvalidInput, match="used before for another submission .2 tasks"):
         queue.submit_many("idem", 1, ["a"], idempotency_key="k-1")
+    with _pytest.raises(InvalidInput, match="another experiment"):  # same size, other exp_id: not its tasks
+        queue.submit_many("idem-other", 1, ["a", "b"], idempotency_key="k-1")
+    assert queue.stats("idem-other") == {}

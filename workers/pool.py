@@ -24,7 +24,7 @@ from multiprocessing.connection import wait as wait_connections
 from typing import Protocol
 
 from eqflow.compat.eqsql import EQ_STOP
-from eqflow.errors import DatabaseUnavailable
+from eqflow.errors import DatabaseUnavailable, InvalidInput
 from eqflow.logs import setup_logging
 from eqflow.models import ClaimedTask, StopMode
 from eqflow.queue import LocalTaskQueue
@@ -372,7 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.db_timeout is not None and not args.db_timeout > 0:
         print(f"eqflow pool run: --db-timeout must be > 0 seconds, got {args.db_timeout}", file=sys.stderr)
         return 2
-    queue = LocalTaskQueue(args.db, lease_s=args.lease, reconnect_timeout=args.db_timeout)
+    try:
+        queue = LocalTaskQueue(args.db, lease_s=args.lease, reconnect_timeout=args.db_timeout)
+    except InvalidInput as exc:  # a bad --lease, say: a usage error, not a traceback
+        print(f"eqflow pool run: {exc}", file=sys.stderr)
+        return 2
     pool = Pool(queue, cfg)
 
     def on_signal(*_: object) -> None:
