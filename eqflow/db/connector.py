@@ -54,7 +54,7 @@ logging.getLogger("psycopg.pool").addFilter(_QuietPoolLog())
 class Turn(enum.Enum):
     UP = "up"  # no outage known: use the database
     PROBE = "probe"  # an outage, and this caller makes the next attempt; report it with probed()
-    GIVE_UP = "give_up"  # the caller's deadline came first
+    GIVE_UP = "give_up"  # the caller's deadline came first, or it was told to stop waiting
 
 
 class Outage:
