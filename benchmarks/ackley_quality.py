@@ -290,7 +290,7 @@ def table(summary: dict[str, Any], methods: list[str]) -> None:
                                                   f"met where attainable ({s['better_at_25']} of "
                                                   f"{len(s['evals_to_best']) - s['fifo_had_set_best_at_25']} "
                                                   "beatable)" if s["goal_met_where_attainable"] else "not met"))
-    Console(stderr=True, width=150).print(t)
+    Console(stderr=True, width=180).print(t)
 
 
 if __name__ == "__main__":
