@@ -117,7 +117,7 @@ def plot_predicted_vs_actual(predicted: np.ndarray, actual: np.ndarray, out: Pat
     ax.plot([lo, hi], [lo, hi], color="grey", linestyle=":")
     ax.set_xlabel("actual Ackley value")
     ax.set_ylabel("GP predicted mean")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, out / name)
 
