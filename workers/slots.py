@@ -100,7 +100,7 @@ def _slot_main(conn: Connection, env: dict[str, str], mem_limit_mb: int | None) 
     while True:
         try:
             message = conn.recv()
-        except EOFError:
+        except (EOFError, OSError):  # the pool is gone (killed): nothing left to do
             return
         if message is None:
             return
