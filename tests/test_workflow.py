@@ -68,6 +68,11 @@ def test_full_workflow_adds_pools_that_really_claim_and_writes_outputs(tmp_path,
     assert any(json.loads(r["priority_history"]) for r in rows)  # queued points were reprioritized
     for png in ("best_so_far.png", "queue_and_pools.png"):
         assert (folder / png).stat().st_size > 10_000
+    timelines = sorted(folder.glob("timeline-*.png"))  # a Gantt chart per pool that ran tasks
+    assert len(timelines) == summary["pools_that_ran_tasks"]
+    progress = sql(db_url, "SELECT data FROM experiment_events WHERE exp_id = 'wf' AND kind = 'progress' "
+                           "ORDER BY event_id")
+    assert progress and progress[-1][0]["done"] == 40 and progress[-1][0]["target"] == 40
     fifo = json.loads((tmp_path / "out" / "wf-fifo" / "summary.json").read_text())
     assert fifo["retrains"] == 0 and fifo["evaluated"] == 40
 

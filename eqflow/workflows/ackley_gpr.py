@@ -34,6 +34,7 @@ log = logging.getLogger("eqflow.ackley")
 
 BOUND = 32.768  # the usual Ackley domain: [-32.768, 32.768]^d
 FINISHED = "finished"
+PROGRESS_EVERY_S = 2.0  # how often the loop records a progress event
 
 
 def sample_points(cfg: WorkflowConfig) -> np.ndarray:
@@ -171,7 +172,7 @@ class AckleyGPR:
         controller = self._controller() if self.dynamic else None
         bar = Progress(target, self.exp_id, enabled=self.progress, initial=min(len(done), target))
         fit: _Fit | None = None
-        last_check = 0.0
+        last_check = last_progress = 0.0
         watch = self.queue.watch_completions({self.exp_id}) if pending else None
         try:
             while pending and len(done) < target:
@@ -179,6 +180,9 @@ class AckleyGPR:
                 self._collect(rows, pending, index, done)
                 bar.update(min(len(done), target), best=f"{min(done.values(), default=float('nan')):.3f}",
                            pools=len(self.pools.jobs), retrains=retrains)
+                if time.monotonic() - last_progress >= PROGRESS_EVERY_S:
+                    self._progress(done, target, retrains)
+                    last_progress = time.monotonic()
                 if len(done) >= target:
                     break
                 if fit is not None and fit.job.done():
@@ -195,8 +199,16 @@ class AckleyGPR:
                 watch.close()
             bar.close()
             self._fitter.shutdown(wait=False, cancel_futures=True)
+            self._progress(done, target, retrains)
             self._finish(controller, futures, reached=len(done) >= target or not pending)
         return self.read_back(futures)
+
+    def _progress(self, done: dict[int, float], target: int, retrains: int) -> None:
+        """The workflow's progress record for dashboards: one small event every few seconds."""
+        best = min(done.values(), default=None)
+        self.queue.record_event(self.exp_id, "progress", {
+            "done": len(done), "target": target, "best": best, "retrains": retrains,
+            "pools": len(self.pools.jobs)})
 
     def _start_session_pools(self, retrains: int, remaining: int) -> None:
         due = sum(1 for k in self.cfg.extra_pools_after_retrain if k <= retrains) if not self.dynamic else 0

@@ -178,7 +178,27 @@ def write_outputs(queue: Any, cfg: WorkflowConfig, exp_id: str, out: Path,
     plots.plot_best(out, curves, retrain_marks=marks)
     if record.tasks:
         plots.plot_queue(out, queue_trace(record))
+        write_timelines(record, out)
     return summary
+
+
+def write_timelines(record: ExperimentRecord, out: Path) -> list[Path]:
+    """timeline-<pool>.png: a Gantt chart per pool that ran tasks, from the tasks' timestamps."""
+    t0 = min(t.created_at for t in record.tasks)
+    by_pool: dict[str, list[tuple[float, float, str]]] = {}
+    for t in record.tasks:
+        if t.pool and t.started_at is not None and t.finished_at is not None:
+            by_pool.setdefault(t.pool, []).append(((t.started_at - t0).total_seconds(),
+                                                   (t.finished_at - t0).total_seconds(), t.status.value))
+    retrains = [(e.at - t0).total_seconds() for e in record.of_kind("retrain")]
+    for old in out.glob("timeline-*.png"):
+        old.unlink()
+    return [plots.plot_pool_timeline(out / f"timeline-{_file_safe(pool)}.png", pool, tasks, retrains)
+            for pool, tasks in sorted(by_pool.items())]
+
+
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def is_finished(queue: Any, exp_id: str) -> bool:

@@ -77,3 +77,44 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def lanes(intervals: list[tuple[float, float]]) -> list[int]:
+    """Greedy interval partitioning: a lane per task so that tasks in one lane never overlap;
+    as many lanes as the most tasks running at once (the pool's busy workers)."""
+    order = sorted(range(len(intervals)), key=lambda i: intervals[i])
+    ends: list[float] = []
+    lane_of = [0] * len(intervals)
+    for i in order:
+        start, end = intervals[i]
+        free = next((k for k, e in enumerate(ends) if e <= start), None)
+        if free is None:
+            free = len(ends)
+            ends.append(end)
+        ends[free] = end
+        lane_of[i] = free
+    return lane_of
+
+
+def plot_pool_timeline(path: Path, pool: str, tasks: list[tuple[float, float, str]],
+                       retrain_times: list[float] | None = None) -> Path:
+    """Gantt chart of one pool: each task a bar from start to finish on its worker lane,
+    coloured by outcome (status)."""
+    colors = {"complete": "tab:blue", "failed": "tab:red", "canceled": "tab:grey", "running": "tab:orange",
+              "queued": "tab:grey"}
+    lane_of = lanes([(s, e) for s, e, _ in tasks])
+    n_lanes = max(lane_of, default=0) + 1
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * n_lanes))
+    for (start, end, status), lane in zip(tasks, lane_of, strict=True):
+        ax.barh(lane, max(end - start, 1e-3), left=start, height=0.8, color=colors.get(status, "tab:purple"),
+                edgecolor="white", linewidth=0.4)
+    for i, at in enumerate(retrain_times or []):
+        ax.axvline(at, color="black", linestyle=":", linewidth=0.8, label="retrain" if i == 0 else None)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("seconds since submission")
+    ax.set_ylabel("worker lane")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"{pool}: {len(tasks)} tasks")
+    if retrain_times:
+        ax.legend(loc="upper right")
+    return _save(fig, path)
