@@ -20,21 +20,24 @@ if ! have_initdb; then
 fi
 
 # The test suite runs a real single-node SLURM cluster and a real sshd:
-# `setup.sh --with-test-services` installs them (Debian's slurm-wlm, munge, openssh-server).
+# `setup.sh --with-test-services` installs them (Debian's slurm-wlm, munge, openssh-server), and
+# Debian's chromium for the browser tests.
 if [ "${1:-}" = "--with-test-services" ]; then
     missing=""
     command -v slurmctld >/dev/null 2>&1 || missing="$missing slurm-wlm munge"
     [ -x /usr/sbin/sshd ] || command -v sshd >/dev/null 2>&1 || missing="$missing openssh-server"
+    # The browser tests drive Debian's chromium through Playwright (no browser download).
+    [ -x /usr/bin/chromium ] || missing="$missing chromium"
     if [ -n "$missing" ]; then
         if [ "$(id -u)" -eq 0 ]; then
-            echo "[setup] installing$missing for the launcher and tunnel tests"
+            echo "[setup] installing$missing for the launcher, tunnel and browser tests"
             # Not fatal: without them those tests skip, saying why.
             # shellcheck disable=SC2086
             { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
               DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null; } ||
-                echo "[setup] could not install$missing: the SLURM/sshd tests will be skipped"
+                echo "[setup] could not install$missing: the SLURM/sshd/browser tests will be skipped"
         else
-            echo "[setup] not root: the SLURM and sshd tests will be skipped (they need:$missing)"
+            echo "[setup] not root: the SLURM, sshd and browser tests will be skipped (they need:$missing)"
         fi
     fi
 fi
