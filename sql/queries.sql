@@ -346,3 +346,56 @@ TRUNCATE tasks, pools, experiments, submissions, scaling_decisions, experiment_e
 
 -- name: server_durability
 SELECT current_setting('fsync'), current_setting('synchronous_commit');
+
+-- Metrics (/metrics, `eqflow status`): O(1) whatever the size of tasks. The task figures are
+-- kept by the triggers of migration 0007; a read sums a few shards per figure.
+
+-- name: metrics_counters
+-- Every task figure and scaling decision count, summed over the shards.
+SELECT metric, task_type, label, sum(value)::float8
+FROM task_metrics
+GROUP BY metric, task_type, label
+ORDER BY metric, task_type, label;
+
+-- name: metrics_pools
+-- Live pools (starting or running; pools_live_idx) and those of them that heartbeat within alive_s.
+SELECT count(*) FILTER (WHERE heartbeat_at >= now() - make_interval(secs => %(alive_s)s)), count(*)
+FROM pools WHERE status IN ('starting', 'running');
+
+-- name: metrics_throughput
+-- Completions per task type in the 10-second slots that started within the last minute.
+SELECT task_type, sum(completed)::bigint
+FROM task_throughput
+WHERE slot_start > now() - interval '60 seconds'
+GROUP BY task_type ORDER BY task_type;
+
+-- name: status_pools
+-- Live pools with their heartbeat age in seconds (the database's clock).
+SELECT name || '-' || pool_id, host, n_workers, status, stop_requested, task_types,
+       extract(epoch FROM now() - heartbeat_at)::float8
+FROM pools WHERE status IN ('starting', 'running')
+ORDER BY pool_id LIMIT %(limit)s;
+
+-- name: status_failures
+-- The newest failed runs (of one experiment, or of all), errors cut to max_chars.
+SELECT at, task_id, exp_id, task_type, final, left(error, %(max_chars)s)
+FROM recent_task_failures
+WHERE %(exp_id)s::text IS NULL OR exp_id = %(exp_id)s::text
+ORDER BY failure_id DESC LIMIT %(limit)s;
+
+-- name: status_experiments
+-- Running experiments (or the one asked for), each with its newest 'progress' event.
+SELECT e.exp_id, e.status, p.at, p.data
+FROM (SELECT exp_id, status, created_at FROM experiments
+      WHERE (%(exp_id)s::text IS NULL AND status = 'running') OR exp_id = %(exp_id)s::text
+      ORDER BY created_at DESC LIMIT %(limit)s) e
+LEFT JOIN LATERAL (SELECT at, data FROM experiment_events ev
+                   WHERE ev.exp_id = e.exp_id AND ev.kind = 'progress'
+                   ORDER BY ev.event_id DESC LIMIT 1) p ON true
+ORDER BY e.created_at DESC;
+
+-- name: status_experiment_tasks
+-- One experiment's task counts per type and state (its rows only: tasks_exp_idx).
+SELECT task_type, status::text, count(*)
+FROM tasks WHERE exp_id = %(exp_id)s
+GROUP BY task_type, status ORDER BY task_type, status;
