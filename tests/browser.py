@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import pytest
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, BrowserContext, Page, Route, WebSocket
+    from playwright.sync_api import Browser, BrowserContext, Page, Request, Route, WebSocketRoute
 
 CHROMIUM = os.environ.get("EQFLOW_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -34,7 +34,8 @@ LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 # Not network traffic: inline data, in-page objects, the browser's own pages.
 LOCAL_SCHEMES = frozenset({"data", "blob", "about", "chrome", "chrome-extension", "devtools"})
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-                 "--disable-component-update", "--disable-sync", "--disable-quic"]
+                 "--disable-component-update", "--disable-sync", "--disable-quic",
+                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost"]
 
 
 def is_local(url: str) -> bool:
@@ -45,19 +46,26 @@ def is_local(url: str) -> bool:
 
 @dataclass
 class NetworkLog:
-    """What the pages of one browser context asked for: every request (and websocket) URL, in order,
-    and those refused because they would have left the machine."""
+    """The traffic of one browser context, URLs in order:
+
+    requests: everything its pages asked for (including what the browser refused itself);
+    sent: what went out to the network, all of it local (routing lets nothing else through);
+    blocked: what would have left the machine, aborted by the test's routing (HTTP and websockets);
+    refused: what the browser did not even try, because the page's Content-Security-Policy forbids it.
+    """
 
     requests: list[str] = field(default_factory=list)
+    sent: list[str] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
 
     def external(self) -> list[str]:
-        """The URLs that were not local (they were blocked; a page that asks for any is not offline)."""
-        return [url for url in dict.fromkeys(self.requests + self.blocked) if not is_local(url)]
+        """The URLs that tried to leave the machine (all were blocked): a page that works offline has none."""
+        return [url for url in dict.fromkeys(self.sent + self.blocked) if not is_local(url)]
 
     def hosts(self) -> set[str]:
-        """The hosts of the network requests (no data:/blob: URLs)."""
-        network = [urlsplit(url) for url in self.requests]
+        """The hosts that requests were sent to (data:/blob: URLs aside)."""
+        network = [urlsplit(url) for url in self.sent]
         return {parts.hostname or "" for parts in network if parts.scheme in ("http", "https", "ws", "wss")}
 
 
@@ -97,32 +105,40 @@ def network() -> NetworkLog:
 @pytest.fixture()
 def context(browser: Browser, network: NetworkLog) -> Iterator[BrowserContext]:
     """A fresh browser context (no cookies, no cache) in which every request that would leave the
-    machine is aborted, and every request is recorded in `network`. Service workers are blocked, so
-    none can fetch around the routing."""
+    machine is aborted (HTTP and websockets), and all traffic is recorded in `network`. Service
+    workers are blocked, so none can fetch around the routing; Chromium itself resolves no host
+    name but localhost (--host-resolver-rules), so not even a DNS prefetch leaves the machine."""
     ctx = browser.new_context(service_workers="block", viewport={"width": 1280, "height": 900})
 
     def route(r: Route) -> None:
         url = r.request.url
         if is_local(url):
+            network.sent.append(url)
             r.continue_()
         else:
             network.blocked.append(url)
             r.abort("blockedbyclient")
 
-    def on_page(p: Page) -> None:
-        p.on("websocket", lambda ws: _websocket(ws, network))
+    def route_websocket(ws: WebSocketRoute) -> None:
+        if is_local(ws.url):
+            network.sent.append(ws.url)
+            ws.connect_to_server()
+        else:
+            network.blocked.append(ws.url)
+            ws.close(code=1008, reason="the test browser is offline")
+
+    def failed(request: Request) -> None:
+        if request.failure == "csp":
+            network.refused.append(request.url)
 
     ctx.route("**/*", route)
+    ctx.route_web_socket(lambda url: True, route_websocket)
     ctx.on("request", lambda request: network.requests.append(request.url))
-    ctx.on("page", on_page)
+    ctx.on("requestfailed", failed)
     try:
         yield ctx
     finally:
         ctx.close()
-
-
-def _websocket(ws: WebSocket, network: NetworkLog) -> None:
-    network.requests.append(ws.url)
 
 
 @pytest.fixture()
