@@ -25,6 +25,7 @@ import psycopg
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import Response as PlainResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
@@ -174,7 +175,8 @@ class Guard:
             return
         headers = dict(scope.get("headers") or [])
         path = scope.get("path", "")
-        if (path == "/v1" or path.startswith("/v1/")) and not _token_ok(self.tokens, headers.get(b"authorization")):
+        guarded = path == "/v1" or path.startswith("/v1/") or path == "/metrics"
+        if guarded and not _token_ok(self.tokens, headers.get(b"authorization")):
             await _closing(_unauthorized_response())(scope, receive, send)
             return
         declared = headers.get(b"content-length")
@@ -319,6 +321,21 @@ pages = APIRouter()
 
 _BARE_PAGE = ("<html><head><title>eqflow</title></head><body><h1>eqflow service</h1><p>running. "
               "Details for callers with <code>Authorization: Bearer &lt;token&gt;</code>.</p></body></html>")
+
+
+@pages.get("/metrics", tags=["service"], dependencies=[Depends(authorize)])
+async def metrics(request: Request) -> PlainResponse:
+    """Prometheus metrics, with ``Authorization: Bearer <token>``: the database's figures read in a few
+    O(1) queries (eqflow.metrics; eqflow_db_up 0 when the database does not answer)."""
+    from eqflow.metrics import CONTENT_TYPE, service_metrics
+
+    ctx = _ctx(request)
+
+    def url() -> str:
+        return ctx.queue.url if ctx.queue is not None else resolve_url(ctx.cfg.db_url, migrate=False, create=False)
+
+    body = await ctx.in_thread(lambda: service_metrics(request.app.state, url), abandon=True)
+    return PlainResponse(body, media_type=CONTENT_TYPE)
 
 
 @pages.get("/health", tags=["service"])
