@@ -171,28 +171,30 @@ CLAIM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 
 
 class PoolMetrics:
-    """A pool's own figures, served by prometheus_client's HTTP server on host:port.
+    """A pool's own figures, served by prometheus_client's HTTP server on host:port (one pool per
+    port, so no pool label but on eqflow_pool_info): tasks completed and failed, tasks running,
+    claim latency, heartbeat age."""
 
-    eqflow_pool_tasks_completed_total / _failed_total, eqflow_pool_tasks_running,
-    eqflow_pool_claim_seconds (a claim call that returned tasks), eqflow_pool_heartbeat_age_seconds.
-    """
-
-    def __init__(self, pool_name: str, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
         self.registry = CollectorRegistry()
-        labels = ["pool"]
-        self.completed = Counter("eqflow_pool_tasks_completed", "Tasks this pool completed (accepted reports)",
-                                 labels, registry=self.registry).labels(pool_name)
-        self.failed = Counter("eqflow_pool_tasks_failed", "Failed runs this pool reported",
-                              labels, registry=self.registry).labels(pool_name)
-        self.running = Gauge("eqflow_pool_tasks_running", "Tasks running in this pool's workers",
-                             labels, registry=self.registry).labels(pool_name)
-        self.claim_seconds = Histogram("eqflow_pool_claim_seconds", "Time of a claim that returned tasks",
-                                       labels, buckets=CLAIM_BUCKETS, registry=self.registry).labels(pool_name)
-        self._last_beat = time.monotonic()
-        beat = Gauge("eqflow_pool_heartbeat_age_seconds", "Seconds since this pool's last heartbeat",
-                     labels, registry=self.registry).labels(pool_name)
-        beat.set_function(lambda: time.monotonic() - self._last_beat)
-        self.server, self.thread = start_http_server(port, addr=host, registry=self.registry)
+        reg = self.registry
+        self.completed = Counter("eqflow_pool_tasks_completed", "Tasks this pool completed (reports accepted)",
+                                 registry=reg)
+        self.failed = Counter("eqflow_pool_tasks_failed", "Failed runs this pool reported", registry=reg)
+        self.running = Gauge("eqflow_pool_tasks_running", "Tasks running in this pool's workers", registry=reg)
+        self.claim_seconds = Histogram("eqflow_pool_claim_seconds", "Time of a claim that returned tasks (with "
+                                       "the wait for work, when the pool was idle)", buckets=CLAIM_BUCKETS,
+                                       registry=reg)
+        self.info = Gauge("eqflow_pool_info", "1, labelled with this pool's name and id", ["pool", "pool_id"],
+                          registry=reg)
+        self._last_beat: float | None = None
+        beat = Gauge("eqflow_pool_heartbeat_age_seconds", "Seconds since this pool's last heartbeat "
+                     "(NaN before the first)", registry=reg)
+        beat.set_function(lambda: math.nan if self._last_beat is None else time.monotonic() - self._last_beat)
+        self.server, self.thread = start_http_server(port, addr=host, registry=reg)
+
+    def registered(self, name: str, pool_id: int) -> None:
+        self.info.labels(name, str(pool_id)).set(1)
 
     def heartbeat(self) -> None:
         self._last_beat = time.monotonic()

@@ -26,6 +26,7 @@ from typing import Protocol
 from eqflow.compat.eqsql import EQ_STOP
 from eqflow.errors import DatabaseUnavailable, InvalidInput
 from eqflow.logs import setup_logging
+from eqflow.metrics import PoolMetrics
 from eqflow.models import ClaimedTask, StopMode
 from eqflow.queue import LocalTaskQueue
 from eqflow.workers.gpu import detect_gpus, slot_devices
@@ -77,6 +78,7 @@ class Pool:
         self.pool_id = 0
         self.pool_name = cfg.name
         self._db_gone = False  # gave up on an unreachable database: exit without talking to it
+        self.metrics: PoolMetrics | None = None  # --metrics-port: the pool's own figures
 
     def request_stop(self, mode: StopMode) -> None:
         if self._stop_mode is not StopMode.NOW:
@@ -90,6 +92,8 @@ class Pool:
             info={"fn": cfg.spec.fn, "cmd": cfg.spec.cmd, "batch_size": cfg.batch_size,
                   "threshold": cfg.threshold, "threads": cfg.threads, "gpus": cfg.gpus})
         self.pool_name = f"{cfg.name}-{self.pool_id}"
+        if self.metrics is not None:
+            self.metrics.registered(self.pool_name, self.pool_id)
         log.info("pool started", extra={
             "pool": self.pool_name, "types": cfg.task_types, "workers": cfg.n_workers,
             "mode": "threads" if cfg.threads else "processes", "batch_size": cfg.batch_size,
@@ -114,7 +118,7 @@ class Pool:
                     time.monotonic() - starved_since > cfg.heartbeat_s
                 if want >= cfg.threshold and news:
                     wait_s = 0.0 if in_hand else min(cfg.heartbeat_s, 1.0)
-                    claimed = self.queue.claim(cfg.task_types, n=want, pool=self.pool_name, timeout=wait_s)
+                    claimed = self._claim(want, wait_s)
                     self.waiting.extend(self._take_stop_messages(claimed))
                     starved_since = time.monotonic() if len(claimed) < want else None
                     if claimed:
@@ -161,12 +165,23 @@ class Pool:
         self.parked_stops.extend(stops)
         return [t for t in claimed if t.payload != EQ_STOP]
 
+    def _claim(self, n: int, wait_s: float) -> list[ClaimedTask]:
+        asked = time.perf_counter()
+        claimed = self.queue.claim(self.cfg.task_types, n=n, pool=self.pool_name, timeout=wait_s)
+        if claimed and self.metrics is not None:
+            self.metrics.claim_seconds.observe(time.perf_counter() - asked)
+        return claimed
+
     def _dispatch(self, runner: _Runner) -> None:
         while self.waiting and runner.has_free_slot():
             runner.start(self.waiting.popleft())
+        if self.metrics is not None:
+            self.metrics.running.set(runner.running)
 
     def _heartbeat(self, runner: _Runner) -> None:
         mode = self.queue.pool_heartbeat(self.pool_id)
+        if self.metrics is not None:
+            self.metrics.heartbeat()
         if mode is not None:
             self.request_stop(mode)
         held = list(self.waiting) + runner.held() + self.parked_stops
@@ -184,10 +199,15 @@ class Pool:
         results = [(task, value) for task, ok, value in outcomes if ok]
         failures = [(task, value) for task, ok, value in outcomes if not ok]
         if results:
-            self.completed += len(self.queue.report(results))
+            accepted = len(self.queue.report(results))
+            self.completed += accepted
+            if self.metrics is not None:
+                self.metrics.completed.inc(accepted)
         if failures:
             self.failed += len(failures)
             self.queue.report_failure(failures)
+            if self.metrics is not None:
+                self.metrics.failed.inc(len(failures))
 
     def _shutdown(self, runner: _Runner) -> None:
         unstarted = list(self.waiting) + self.parked_stops
@@ -336,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--launcher", default=os.environ.get("EQFLOW_LAUNCHER", "local"), help=argparse.SUPPRESS)
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only (default: start, stop, ...)")
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="serve this pool's Prometheus metrics on this port (eqflow_pool_*)")
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     return parser
 
 
@@ -378,6 +401,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eqflow pool run: {exc}", file=sys.stderr)
         return 2
     pool = Pool(queue, cfg)
+    if args.metrics_port is not None:
+        try:
+            pool.metrics = PoolMetrics(args.metrics_port, args.metrics_host)
+        except OSError as exc:  # the port is taken, say
+            queue.close()
+            print(f"eqflow pool run: --metrics-port {args.metrics_port}: {exc}", file=sys.stderr)
+            return 2
 
     def on_signal(*_: object) -> None:
         pool.request_stop(StopMode.NOW)
@@ -393,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         queue.close()
+        if pool.metrics is not None:
+            pool.metrics.close()
     return 0
 
 
