@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     from eqflow.cli_config import add_config_parser
 
     add_config_parser(sub)
+    from eqflow.cli_status import add_parser as add_status_parser
+
+    add_status_parser(sub)
     return parser
 
 
