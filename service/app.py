@@ -672,6 +672,9 @@ def build_app(config: ServiceConfig | None = None, queue: LocalTaskQueue | None 
     app.state.ctx = ctx
     app.include_router(pages)
     app.include_router(router)
+    from eqflow.dashboard.routes import make_router as dashboard_router
+
+    app.include_router(dashboard_router(lambda: ctx.get_queue().db, ctx.tokens))  # /dashboard: token or cookie
     app.add_exception_handler(_Unauthorized, _unauthorized)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(errors.EqflowError, _eqflow_error)
