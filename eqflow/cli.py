@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     service.set_defaults(func=_service)
 
     sub.add_parser("pool", help="worker pools: eqflow pool run|start|status|stop|list --help", add_help=False)
+    from eqflow.dashboard.cli import add_parser as add_dashboard_parser
+
+    add_dashboard_parser(sub)
     from eqflow.cli_config import add_config_parser
 
     add_config_parser(sub)

@@ -347,6 +347,79 @@ TRUNCATE tasks, pools, experiments, submissions, scaling_decisions, experiment_e
 -- name: server_durability
 SELECT current_setting('fsync'), current_setting('synchronous_commit');
 
+-- Dashboard (eqflow.dashboard): read-only, each bounded by a LIMIT or by one experiment's rows
+-- (tasks_exp_idx); times are sent as epoch seconds.
+
+-- name: dashboard_experiments
+SELECT exp_id, extract(epoch FROM created_at)::float8, status
+FROM experiments ORDER BY created_at DESC, exp_id LIMIT %(limit)s;
+
+-- name: dashboard_task_counts
+-- One pass over the experiment's tasks: counts per status and pool, completions in the last minute.
+SELECT status::text, pool, count(*),
+       count(*) FILTER (WHERE status = 'complete' AND finished_at >= now() - interval '60 seconds')
+FROM tasks WHERE exp_id = %(exp_id)s
+GROUP BY status, pool;
+
+-- name: dashboard_task_range
+-- The experiment's first and last task ids (two probes of tasks_exp_idx), when its first task
+-- was created (the timeline's origin), and the database's now.
+SELECT (SELECT task_id FROM tasks WHERE exp_id = %(exp_id)s ORDER BY task_id LIMIT 1),
+       (SELECT task_id FROM tasks WHERE exp_id = %(exp_id)s ORDER BY task_id DESC LIMIT 1),
+       extract(epoch FROM (SELECT created_at FROM tasks WHERE exp_id = %(exp_id)s ORDER BY task_id LIMIT 1))::float8,
+       extract(epoch FROM now())::float8;
+
+-- name: dashboard_timeline
+-- Tasks created, started and finished per time bucket, over a sample of the experiment's tasks:
+-- one task id in each run of step ids from lo to hi (at a hashed offset, so no period in the ids
+-- aliases), looked up by primary key: at most (hi - lo) / step + 1 rows, whatever the size of
+-- tasks (step 1: every task). A task never started
+-- (canceled while queued) counts as started when it finished, so running = started - finished >= 0.
+WITH sample AS (
+    SELECT t.status, t.created_at, t.started_at, t.finished_at
+    FROM tasks t
+    WHERE t.task_id = ANY(ARRAY(
+              SELECT least(%(lo)s::bigint + g * %(step)s + abs(hashint8(g)) %% %(step)s, %(hi)s::bigint)
+              FROM generate_series(0, (%(hi)s::bigint - %(lo)s::bigint) / %(step)s) AS g))
+      AND t.exp_id = %(exp_id)s)
+SELECT extract(epoch FROM date_bin(make_interval(secs => %(width_s)s), e.at, to_timestamp(%(origin)s)))::float8,
+       count(*) FILTER (WHERE e.k = 0),
+       count(*) FILTER (WHERE e.k = 1),
+       count(*) FILTER (WHERE e.k = 2 AND s.status = 'complete'),
+       count(*) FILTER (WHERE e.k = 2 AND s.status = 'failed'),
+       count(*) FILTER (WHERE e.k = 2 AND s.status = 'canceled')
+FROM sample s
+CROSS JOIN LATERAL (VALUES (0, s.created_at), (1, coalesce(s.started_at, s.finished_at)), (2, s.finished_at))
+     AS e(k, at)
+WHERE e.at IS NOT NULL
+GROUP BY 1 ORDER BY 1;
+
+-- name: dashboard_failures
+-- The newest failed tasks, their errors cut to max_chars.
+SELECT task_id, task_type, pool, failures, left(error, %(max_chars)s), length(error),
+       extract(epoch FROM finished_at)::float8
+FROM tasks WHERE exp_id = %(exp_id)s AND status = 'failed'
+ORDER BY task_id DESC LIMIT %(limit)s;
+
+-- name: dashboard_pools
+-- The newest pools (active ones first) with their heartbeat age in seconds.
+SELECT pool_id, name, name || '-' || pool_id, task_types, launcher, host, pid, job_id, status, n_workers,
+       stop_requested, extract(epoch FROM started_at)::float8, extract(epoch FROM now() - heartbeat_at)::float8,
+       extract(epoch FROM stopped_at)::float8
+FROM pools
+ORDER BY (status IN ('starting', 'running')) DESC, pool_id DESC LIMIT %(limit)s;
+
+-- name: dashboard_decisions
+SELECT extract(epoch FROM at)::float8, task_type, action, reason, queued, pools, job_id
+FROM scaling_decisions ORDER BY at DESC LIMIT %(limit)s;
+
+-- name: dashboard_events
+-- The experiment's newest events of the given kinds (experiment_events_exp_idx, read backwards).
+SELECT event_id, extract(epoch FROM at)::float8, kind, data
+FROM experiment_events
+WHERE exp_id = %(exp_id)s AND kind = ANY(%(kinds)s::text[])
+ORDER BY event_id DESC LIMIT %(limit)s;
+
 -- Metrics (/metrics, `eqflow status`): O(1) whatever the size of tasks. The task figures are
 -- kept by the triggers of migration 0007; a read sums a few shards per figure.
 
