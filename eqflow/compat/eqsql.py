@@ -59,6 +59,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Generator, Iterable, Iterator
 from enum import IntEnum
 from typing import Any
@@ -509,6 +510,7 @@ class _LeaseKeeper:
         db = Connector(self.url, max_size=1, reconnect_timeout=self.lease_s / 3,
                        application_name="eqflow-compat-leases")
         stop = threading.Event()
+        extended_at = time.monotonic()
         try:
             while True:
                 stop.wait(self.lease_s / 3)
@@ -520,10 +522,17 @@ class _LeaseKeeper:
                 try:
                     rows = db.fetch_all("extend_leases", {"task_ids": list(held), "claim_ids": list(held.values()),
                                                           "lease_s": self.lease_s})
-                except _FAILURES:
-                    log.warning("could not extend compat leases; retrying", exc_info=True,
-                                extra={"count": len(held)})
-                    continue
+                except _FAILURES as exc:
+                    if time.monotonic() - extended_at <= self.lease_s:
+                        log.warning("could not extend compat leases; retrying",
+                                    extra={"count": len(held), "error": str(exc)})
+                        continue
+                    # The leases have run out meanwhile: the tasks went back to the queue (or the
+                    # database is gone); holding on would only retry forever.
+                    log.warning("compat leases lost: the database was unreachable longer than the lease",
+                                extra={"count": len(held), "lease_s": self.lease_s})
+                    rows = []
+                extended_at = time.monotonic()
                 kept = {r[0] for r in rows}
                 with self._lock:  # reported elsewhere, canceled, or the lease was lost
                     for task_id, claim_id in held.items():
