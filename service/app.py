@@ -24,9 +24,11 @@ import anyio.to_thread
 import psycopg
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.responses import Response as PlainResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 import eqflow
@@ -651,6 +653,42 @@ async def _raised(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": exc.error}, status_code=exc.status)
 
 
+# /docs and /redoc without a CDN (an HPC login node has no internet): Swagger UI and ReDoc come from
+# the fastapi-offline package and are served here. Public like /openapi.json (the schema, no data);
+# their Content-Security-Policy lets them load nothing from elsewhere (not ReDoc's logo, not Swagger
+# UI's validator badge) and sends no Referer.
+DOCS_ASSETS = "/docs-assets"
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
+            "frame-ancestors 'none'; base-uri 'self'; form-action 'self'")
+
+
+def _offline_docs(app: FastAPI) -> None:
+    app.mount(DOCS_ASSETS, StaticFiles(packages=[("fastapi_offline", "static")]), name="docs-assets")
+
+    def page(response: HTMLResponse) -> HTMLResponse:
+        response.headers["Content-Security-Policy"] = DOCS_CSP
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return page(get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png", swagger_ui_parameters={"validatorUrl": None}))
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return page(get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png", with_google_fonts=False))
+
+
 def build_app(config: ServiceConfig | None = None, queue: LocalTaskQueue | None = None) -> FastAPI:
     """The FastAPI app (without the Guard in front; see create_app)."""
     cfg = config or load_config(os.environ.get("EQFLOW_SERVICE_CONFIG"))
@@ -665,6 +703,7 @@ def build_app(config: ServiceConfig | None = None, queue: LocalTaskQueue | None 
             ctx.queue.close()
 
     app = FastAPI(title="eqflow EMEWS service", version=eqflow.__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # _offline_docs serves them
                   description="The eqflow task-queue API over HTTP. Every /v1 route needs "
                               "`Authorization: Bearer <token>`, checked before the request body is read. "
                               "`/health` answers at once: 200 with `database: ok`, or 503 with "
@@ -675,6 +714,7 @@ def build_app(config: ServiceConfig | None = None, queue: LocalTaskQueue | None 
     from eqflow.dashboard.routes import make_router as dashboard_router
 
     app.include_router(dashboard_router(lambda: ctx.get_queue().db, ctx.tokens))  # /dashboard: token or cookie
+    _offline_docs(app)
     app.add_exception_handler(_Unauthorized, _unauthorized)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(errors.EqflowError, _eqflow_error)
