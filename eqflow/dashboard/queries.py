@@ -78,9 +78,8 @@ def timeline(db: Database, exp_id: str, counts: dict[str, int], sample: int = SA
 
 
 def _calibrate(points: list[dict[str, Any]], counts: dict[str, int], sampled: int) -> None:
-    """Scale a sample's curves so that each ends at the exact count of its status (the curve of
-    a status the sample missed: by the sample's overall ratio); completions per minute as the
-    complete curve."""
+    """Scale a sample's curves so that each ends at the exact count of its status (a status the
+    sample missed appears at the last point); completions per minute as the complete curve."""
     overall = sum(counts.values()) / sampled if sampled else 1.0
     factors = {status: counts.get(status, 0) / points[-1][status] if points[-1][status] else overall
                for status in STATUSES}
@@ -88,6 +87,8 @@ def _calibrate(points: list[dict[str, Any]], counts: dict[str, int], sampled: in
     for p in points:
         for key, factor in factors.items():
             p[key] = p[key] * factor if key == "per_min" else round(p[key] * factor)
+    for status in STATUSES:  # a status the sample missed: its exact count, at the end
+        points[-1][status] = counts.get(status, 0)
 
 
 def _pools(db: Database, done_by_pool: dict[str, int], limit: int) -> list[dict[str, Any]]:
