@@ -262,3 +262,16 @@ def test_sampled_timeline_ends_at_the_exact_counts(queue: LocalTaskQueue, db_url
         assert {s: last[s] for s in queries.STATUSES} == counts, (sample, tl)
         assert (tl["step"] > 1) == (sample == 7)
     assert queries.bucket_width(59) == 1 and queries.bucket_width(3600) == 60 and queries.bucket_width(10**6) == 21600
+
+
+def test_failures_are_read_again_when_their_count_changes(queue: LocalTaskQueue) -> None:
+    queue.submit_many("fx", 2, ["a", "b"])
+    first, second = queue.claim(2, n=2, pool="fx-pool")
+    memo: dict[Any, Any] = {}
+    assert queries.snapshot(queue.db, "fx", memo)["failures"] == []
+    queue.report_failure([(first, "first error")], retry=False)
+    assert [f["error"] for f in queries.snapshot(queue.db, "fx", memo)["failures"]] == ["first error"]
+    queue.report_failure([(second, "second error")], retry=False)
+    snap = queries.snapshot(queue.db, "fx", memo)
+    assert [f["error"] for f in snap["failures"]] == ["second error", "first error"]  # newest first
+    assert snap["tasks"]["failed"] == 2 and snap["pools"] == []

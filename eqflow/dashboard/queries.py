@@ -107,16 +107,28 @@ def _events(db: Database, exp_id: str, kinds: list[str], limit: int) -> list[dic
     return [{"event_id": i, "at": at, "kind": k, "data": d} for i, at, k, d in reversed(rows)]
 
 
-def snapshot(db: Database, exp_id: str) -> dict[str, Any]:
-    """Everything the page shows of one experiment."""
-    started = time.perf_counter()
-    by_status, done_by_pool, last_minute = _counts(db, exp_id)
+def _failures(db: Database, exp_id: str, failed: int, memo: dict[Any, Any]) -> list[dict[str, Any]]:
+    """The newest failed tasks. Failing is final, so the list changes only when the count does:
+    it is read again only then (with failures few and far between in a huge experiment, reading
+    it is a scan of the experiment's rows)."""
+    known = memo.get(("failures", exp_id))
+    if known is not None and known[0] == failed:
+        return known[1]  # type: ignore[no-any-return]
     failures = []
-    if by_status["failed"]:
+    if failed:
         for task_id, task_type, pool, n_failures, error, length, at in db.fetch_all(
                 "dashboard_failures", {"exp_id": exp_id, "limit": 50, "max_chars": ERROR_CHARS}):
             failures.append({"task_id": task_id, "task_type": task_type, "pool": pool, "failures": n_failures,
                              "error": error or "", "error_chars": length or 0, "finished_at": at})
+    memo[("failures", exp_id)] = (failed, failures)
+    return failures
+
+
+def snapshot(db: Database, exp_id: str, memo: dict[Any, Any] | None = None) -> dict[str, Any]:
+    """Everything the page shows of one experiment. memo: kept between calls (by Snapshots)."""
+    started = time.perf_counter()
+    by_status, done_by_pool, last_minute = _counts(db, exp_id)
+    failures = _failures(db, exp_id, by_status["failed"], memo if memo is not None else {})
     progress = _events(db, exp_id, ["progress"], 300)
     experiment = db.fetch_all("get_experiment", {"exp_id": exp_id})
     return {
@@ -143,7 +155,7 @@ class Snapshots:
     ``min_interval_s``, and no more often than ``cost_factor`` times what the last one cost (a
     huge experiment refreshes less often instead of loading the database)."""
 
-    def __init__(self, compute: Callable[[str], dict[str, Any]], *, min_interval_s: float = 1.0,
+    def __init__(self, compute: Callable[[str, dict[Any, Any]], dict[str, Any]], *, min_interval_s: float = 1.0,
                  cost_factor: float = 4.0, max_entries: int = 64) -> None:
         self.compute = compute
         self.min_interval_s = min_interval_s
@@ -152,6 +164,7 @@ class Snapshots:
         self._entries: OrderedDict[str, tuple[float, float, dict[str, Any]]] = OrderedDict()
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        self.memo: dict[Any, Any] = {}  # what compute keeps between calls
 
     def get(self, exp_id: str) -> dict[str, Any]:
         with self._lock:
@@ -163,11 +176,13 @@ class Snapshots:
                 if time.monotonic() - computed_at < max(self.min_interval_s, cost * self.cost_factor):
                     return data
             started = time.monotonic()
-            data = self.compute(exp_id)
+            data = self.compute(exp_id, self.memo)
             with self._lock:
                 self._entries[exp_id] = (time.monotonic(), time.monotonic() - started, data)
                 self._entries.move_to_end(exp_id)
                 while len(self._entries) > self.max_entries:
                     old, _ = self._entries.popitem(last=False)
                     self._locks.pop(old, None)
+                    for key in [k for k in list(self.memo) if k[1] == old]:
+                        del self.memo[key]
             return data

@@ -112,8 +112,9 @@ class _Dashboard:
         self.auth = Auth(tokens)
         self.stream_s = stream_s
         self.interval_s = interval_s
-        self.snapshots = queries.Snapshots(lambda exp_id: queries.snapshot(db(), exp_id), min_interval_s=interval_s)
-        self.listing = queries.Snapshots(lambda _: {"experiments": queries.experiments(db())},
+        self.snapshots = queries.Snapshots(lambda exp_id, memo: queries.snapshot(db(), exp_id, memo),
+                                           min_interval_s=interval_s)
+        self.listing = queries.Snapshots(lambda _, __: {"experiments": queries.experiments(db())},
                                          min_interval_s=interval_s)
 
     @staticmethod
