@@ -275,3 +275,29 @@ def test_failures_are_read_again_when_their_count_changes(queue: LocalTaskQueue)
     snap = queries.snapshot(queue.db, "fx", memo)
     assert [f["error"] for f in snap["failures"]] == ["second error", "first error"]  # newest first
     assert snap["tasks"]["failed"] == 2 and snap["pools"] == []
+
+
+def test_an_open_stream_does_not_hold_up_the_service_stopping(service: ServiceProcess, db_url: str) -> None:
+    import threading
+
+    _seed(db_url, "held-exp")
+    lines: list[str] = []
+
+    def watch() -> None:
+        try:
+            with httpx.stream("GET", service.url + "/dashboard/api/stream", params={"exp_id": "held-exp"},
+                              headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as stream:
+                lines.extend(line for line in stream.iter_lines() if line.startswith("data: "))
+        except httpx.HTTPError:
+            pass
+
+    viewer = threading.Thread(target=watch, daemon=True)
+    viewer.start()
+    assert wait_for(lambda: len(lines) >= 2, timeout=30)  # live: a snapshot every second
+    assert service.proc is not None
+    started = time.monotonic()
+    service.proc.send_signal(signal.SIGTERM)
+    service.proc.wait(timeout=30)
+    assert time.monotonic() - started < 5  # not the stream's 20 s lifetime
+    viewer.join(timeout=10)
+    assert not viewer.is_alive()

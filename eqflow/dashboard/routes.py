@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
@@ -85,6 +86,14 @@ class Auth:
     def cookie_for(self, offered: str) -> str:
         given = offered.strip().encode("latin-1", "replace")
         return next(session_value(t) for t in self.tokens if hmac.compare_digest(given, t))
+
+
+def _server_exiting() -> bool:
+    """Whether the uvicorn server running us was told to stop (its SIGTERM handler is its bound
+    handle_exit, which sets should_exit): then a stream ends at once, and the server need not
+    wait out its viewers. Elsewhere: False (streams still end after stream_s)."""
+    server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    return bool(getattr(server, "should_exit", False))
 
 
 def _asset(name: str) -> str:
@@ -187,9 +196,13 @@ class _Dashboard:
                 yield f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
             except (errors.DatabaseUnavailable, psycopg.OperationalError):
                 yield f"event: problem\ndata: {json.dumps(UNAVAILABLE)}\n\n"
-            if time.monotonic() + self.interval_s > ends:
+            next_at = time.monotonic() + self.interval_s
+            if next_at > ends:
                 return
-            await asyncio.sleep(self.interval_s)
+            while time.monotonic() < next_at:
+                if _server_exiting():
+                    return
+                await asyncio.sleep(min(0.25, max(next_at - time.monotonic(), 0.0)))
 
 
 def make_router(db: Callable[[], queries.Database], tokens: Sequence[bytes], *, stream_s: float = 20.0,
