@@ -472,3 +472,13 @@ ORDER BY e.created_at DESC;
 SELECT task_type, status::text, count(*)
 FROM tasks WHERE exp_id = %(exp_id)s
 GROUP BY task_type, status ORDER BY task_type, status;
+
+-- name: dashboard_progress
+-- The experiment's progress events, thinned to about %(points)s spread over the whole run (and
+-- the latest always): one pass over its progress events (experiment_events_exp_idx).
+SELECT extract(epoch FROM at)::float8, data
+FROM (SELECT event_id, at, data, row_number() OVER (ORDER BY event_id DESC) - 1 AS back,
+             count(*) OVER () AS n
+      FROM experiment_events WHERE exp_id = %(exp_id)s AND kind = 'progress') p
+WHERE back %% greatest(n / %(points)s, 1) = 0
+ORDER BY event_id;

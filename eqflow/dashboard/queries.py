@@ -129,7 +129,7 @@ def snapshot(db: Database, exp_id: str, memo: dict[Any, Any] | None = None) -> d
     started = time.perf_counter()
     by_status, done_by_pool, last_minute = _counts(db, exp_id)
     failures = _failures(db, exp_id, by_status["failed"], memo if memo is not None else {})
-    progress = _events(db, exp_id, ["progress"], 300)
+    progress = db.fetch_all("dashboard_progress", {"exp_id": exp_id, "points": 300})
     experiment = db.fetch_all("get_experiment", {"exp_id": exp_id})
     return {
         "exp_id": exp_id,
@@ -138,8 +138,8 @@ def snapshot(db: Database, exp_id: str, memo: dict[Any, Any] | None = None) -> d
         "tasks": {**by_status, "total": sum(by_status.values())},
         "completions_last_minute": last_minute,
         "timeline": timeline(db, exp_id, by_status),
-        "progress": progress[-1]["data"] if progress else None,
-        "progress_history": [{"at": e["at"], **e["data"]} for e in progress],
+        "progress": progress[-1][1] if progress else None,
+        "progress_history": [{**data, "at": at} for at, data in progress],
         "failures": failures,
         "pools": _pools(db, done_by_pool, 50),
         "decisions": [{"at": at, "task_type": t, "action": a, "reason": r, "queued": q, "pools": p, "job_id": j}

@@ -150,24 +150,29 @@
     const { s } = window.eqflowUI;
     const marks = snap.events.map((e) => ({ at: e.at, kind: e.kind, text: `${clock(e.at)} ${e.kind} ${JSON.stringify(e.data)}` }))
       .concat(snap.decisions.filter((d) => d.action !== "hold").map((d) => ({ at: d.at, kind: "decision", text: `${clock(d.at)} scaling: ${d.action} (${d.reason})` })));
-    const W = 720, H = 86, L = 56, R = 10;
+    const kinds = [...new Set(marks.map((m) => m.kind))].sort((a, b) => Object.keys(EVENT_COLORS).indexOf(a) - Object.keys(EVENT_COLORS).indexOf(b));
+    const W = 720, L = 110, R = 10, LANE = 16, H = 34 + LANE * Math.max(kinds.length, 1);
     const start = snap.timeline.points.length ? snap.timeline.points[0].t : Math.min(...marks.map((m) => m.at), snap.at);
     const x0 = Math.min(start, ...marks.map((m) => m.at)), x1 = Math.max(snap.at, x0 + 1);
     const X = (x) => L + (W - L - R) * (x - x0) / (x1 - x0);
     const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img" });
     svg.appendChild(s("title", {}, "pool, retrain and scaling events over time"));
-    svg.appendChild(s("line", { x1: L, y1: 32, x2: W - R, y2: 32, stroke: "#c8ced6" }));
-    const rows = Object.keys(EVENT_COLORS);
+    kinds.forEach((k, i) => {  // one lane per kind, named at its left
+      const y = 12 + LANE * i;
+      const name = s("text", { x: L - 8, y: y + 4, "text-anchor": "end" }, k);
+      name.style.fill = EVENT_COLORS[k] || "#888";
+      svg.append(name, s("line", { x1: L, y1: y, x2: W - R, y2: y, stroke: "#eef0f4" }));
+    });
     for (const m of marks) {
-      const y = 20 + 24 * (rows.indexOf(m.kind) % 2);
-      const c = s("circle", { cx: X(m.at), cy: y, r: 5, fill: EVENT_COLORS[m.kind] || "#888", class: `mark ${m.kind}` });
+      const c = s("circle", { cx: X(m.at), cy: 12 + LANE * kinds.indexOf(m.kind), r: 5, fill: EVENT_COLORS[m.kind] || "#888",
+                              class: `mark ${m.kind}` });
       c.appendChild(s("title", {}, m.text));
       svg.appendChild(c);
     }
-    svg.appendChild(s("text", { x: L, y: 64 }, clock(x0)));
-    svg.appendChild(s("text", { x: W - R, y: 64, "text-anchor": "end" }, clock(x1)));
-    const kinds = [...new Set(marks.map((m) => m.kind))];
-    kinds.forEach((k, i) => svg.appendChild(s("text", { x: L + 110 * i, y: H - 4, fill: EVENT_COLORS[k] || "#888" }, `● ${k}`)));
+    const axis = H - 18;
+    svg.appendChild(s("line", { x1: L, y1: axis, x2: W - R, y2: axis, stroke: "#c8ced6" }));
+    svg.appendChild(s("text", { x: L, y: H - 4 }, clock(x0)));
+    svg.appendChild(s("text", { x: W - R, y: H - 4, "text-anchor": "end" }, clock(x1)));
     $("timeline-chart").replaceChildren(svg);
   }
 

@@ -30,6 +30,15 @@
     return String(v);
   }
 
+  // An axis label: 1.2k, 3.4M, 0.25.
+  function short(v) {
+    const a = Math.abs(v);
+    if (a >= 1e9) return `${+(v / 1e9).toFixed(1)}G`;
+    if (a >= 1e6) return `${+(v / 1e6).toFixed(1)}M`;
+    if (a >= 1e4) return `${+(v / 1e3).toFixed(1)}k`;
+    return fmt(Number.isInteger(v) ? v : +v.toPrecision(4));
+  }
+
   function clock(epoch) {
     const d = new Date(epoch * 1000);
     return d.toLocaleTimeString("en-GB", { hour12: false });
@@ -63,8 +72,8 @@
     // axes
     svg.appendChild(s("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#c8ced6" }));
     svg.appendChild(s("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#c8ced6" }));
-    svg.appendChild(s("text", { x: L - 4, y: T + 8, "text-anchor": "end" }, fmt(opts.ymin !== undefined ? yTop : ymax)));
-    svg.appendChild(s("text", { x: L - 4, y: H - B, "text-anchor": "end" }, fmt(ymin)));
+    svg.appendChild(s("text", { x: L - 4, y: T + 8, "text-anchor": "end" }, short(opts.ymin !== undefined ? yTop : ymax)));
+    svg.appendChild(s("text", { x: L - 4, y: H - B, "text-anchor": "end" }, short(ymin)));
     if (n) {
       svg.appendChild(s("text", { x: L, y: H - 6 }, clock(x0)));
       svg.appendChild(s("text", { x: W - R, y: H - 6, "text-anchor": "end" }, clock(x1)));
@@ -141,5 +150,5 @@
   });
 
   window.eqflowPanels = { register, choose, generic, list: panels };
-  window.eqflowUI = { h, s, fmt, clock, chart, kv };
+  window.eqflowUI = { h, s, fmt, short, clock, chart, kv };
 })();
