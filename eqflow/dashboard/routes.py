@@ -221,5 +221,6 @@ def make_router(db: Callable[[], queries.Database], tokens: Sequence[bytes], *, 
     router.add_api_route("/static/{name}", d.static, methods=["GET"], **hidden)
     router.add_api_route("/api/experiments", d.experiments, methods=["GET"])
     router.add_api_route("/api/snapshot", d.snapshot, methods=["GET"])
-    router.add_api_route("/api/stream", d.stream, methods=["GET"])
+    # An endless text/event-stream: not for OpenAPI clients (nor for fuzzers that read a body to its end).
+    router.add_api_route("/api/stream", d.stream, methods=["GET"], **hidden)
     return router
