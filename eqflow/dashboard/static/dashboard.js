@@ -30,8 +30,12 @@
     };
     es.addEventListener("problem", (msg) => { live(false, JSON.parse(msg.data).error.message); });
     es.onerror = () => {
-      live(false, "reconnecting");
+      // A stream ends every ~20 s by design and the browser reconnects at once: only a gap
+      // longer than a few seconds shows as offline.
+      const seen = state.updates;
+      setTimeout(() => { if (state.source === es && state.updates === seen) live(false, "reconnecting"); }, 3000);
       if (es.readyState === EventSource.CLOSED) {
+        live(false, "offline");
         // Refused (401 after a logout or a token rotation), or the server is gone: look why.
         fetch("/dashboard/api/experiments", { credentials: "same-origin" }).then((r) => {
           if (r.status === 401) location.assign("/dashboard/login");
