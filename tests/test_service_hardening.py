@@ -10,7 +10,9 @@ import socket
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -29,6 +31,13 @@ def service(db_url):
     svc = ServiceProcess(db_url).start()
     yield svc
     svc.cleanup()
+
+
+def run_in_fresh_loop(coro: Any) -> Any:
+    """asyncio.run in a thread of its own: Playwright's sync API (session-scoped browser fixtures of
+    other test files) keeps an event loop running in the main thread."""
+    with ThreadPoolExecutor(1) as runner:
+        return runner.submit(asyncio.run, coro).result()
 
 
 def db_secrets(url: str) -> list[str]:
@@ -125,7 +134,7 @@ def test_500_long_polls_do_not_starve_short_requests(service, db_url):
             assert (await client.get("/health")).json()["long_polls"] == 0
 
     try:
-        asyncio.run(scenario())
+        run_in_fresh_loop(scenario())
     finally:
         seed.close()
 
