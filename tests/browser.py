@@ -79,9 +79,11 @@ def _missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API runs an event loop on the main thread while it
+# is started, which would break later test files that run asyncio themselves.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """One headless Chromium for the session. Playwright gives each launch a fresh, temporary user
+    """One headless Chromium per test module. Playwright gives each launch a fresh, temporary user
     data dir (deleted at close): no profile, cache or cookies carry over from anywhere."""
     reason = _missing()
     if reason:
