@@ -21,6 +21,7 @@ from eqflow import notify
 from eqflow.db.embedded import EmbeddedPostgres
 from eqflow.db.migrate import upgrade
 from eqflow.queue import LocalTaskQueue
+from tests.service_fixtures import ServiceProcess
 
 TEMPLATE = "eqflow_test_template"
 _counter = itertools.count()
@@ -90,3 +91,11 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05) -> bool: 
             return True
         time.sleep(interval)
     return False
+
+
+@pytest.fixture()
+def service(db_url: str) -> Iterator[ServiceProcess]:
+    """A real EMEWS service process (uvicorn) on the test database."""
+    svc = ServiceProcess(db_url).start()
+    yield svc
+    svc.cleanup()

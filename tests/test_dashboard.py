@@ -9,11 +9,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
 from eqflow.dashboard import queries
 from eqflow.dashboard.routes import COOKIE, session_value
@@ -25,13 +23,6 @@ from tests.service_fixtures import TOKEN, ServiceProcess
 
 EVIL_EXP = 'dash <b>"exp"</b> & co'
 EVIL_ERROR = "<b>boom</b><img src=x onerror=\"window.pwned=1\">\nTraceback line 2\n" + "x" * 300
-
-
-@pytest.fixture()
-def service(db_url: str) -> Iterator[ServiceProcess]:
-    svc = ServiceProcess(db_url).start()
-    yield svc
-    svc.cleanup()
 
 
 def _seed(db_url: str, exp_id: str = EVIL_EXP) -> None:

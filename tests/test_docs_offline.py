@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -20,13 +19,6 @@ if TYPE_CHECKING:  # the browser tests skip, saying why, where playwright is not
     from playwright.sync_api import Page, Response
 
 TITLE = "eqflow EMEWS service"
-
-
-@pytest.fixture()
-def service(db_url: str) -> Iterator[ServiceProcess]:
-    svc = ServiceProcess(db_url).start()
-    yield svc
-    svc.cleanup()
 
 
 @pytest.fixture()

@@ -36,13 +36,6 @@ def counts(url: str) -> tuple[Any, ...]:
 
 
 @pytest.fixture()
-def service(db_url: str) -> Iterator[ServiceProcess]:
-    svc = ServiceProcess(db_url).start()
-    yield svc
-    svc.cleanup()
-
-
-@pytest.fixture()
 def stq(service: ServiceProcess) -> Iterator[ServiceTaskQueue]:
     q = ServiceTaskQueue(service.url, TOKEN, retry_timeout=5.0)
     yield q

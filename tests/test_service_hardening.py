@@ -26,13 +26,6 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BIG = 60 * 1024 * 1024
 
 
-@pytest.fixture()
-def service(db_url):
-    svc = ServiceProcess(db_url).start()
-    yield svc
-    svc.cleanup()
-
-
 def run_in_fresh_loop(coro: Any) -> Any:
     """asyncio.run in a thread of its own: Playwright's sync API (session-scoped browser fixtures of
     other test files) keeps an event loop running in the main thread."""
