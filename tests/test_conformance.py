@@ -58,11 +58,13 @@ def test_as_completed_with_n_and_batch(tq):
         for task in tq.claim(3, n=6, pool="w", timeout=5):
             tq.report([(task, task.payload)])
 
-    threading.Thread(target=worker).start()
+    reporter = threading.Thread(target=worker)
+    reporter.start()
     first = list(as_completed(futs, n=2, timeout=20))
     assert len(first) == 2
     rest = list(as_completed(futs, batch_size=3, timeout=20))
     assert sorted(f.result() for f in rest) == [str(i) for i in range(6)]
+    reporter.join(timeout=30)  # its last answer may still be on the way: not after the queue closes
 
 
 def test_failure_retries_then_fails(tq):
