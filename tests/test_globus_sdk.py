@@ -15,7 +15,6 @@ import json
 import os
 import re
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from eqflow.gc_queue import GC_MAX_PAYLOAD_BYTES, GCTaskQueue  # noqa: E402
 from eqflow.task_queues import make_task_queue  # noqa: E402
 from eqflow.workers.launchers import ExecutorLauncher, JobSpec, JobState, PoolSpec, wait  # noqa: E402
 from tests import test_conformance  # noqa: E402
-from tests.test_launchers import QSTAT_RECORDED, slurm, slurm_job  # noqa: E402, F401 - slurm is a fixture
+from tests.test_launchers import slurm, slurm_job, stand_in_pbs  # noqa: E402, F401 - slurm is a fixture
 
 # Globus Compute's data limit: a task's serialized input, and its serialized result (the
 # endpoint's default result_size_limit), may each be 10 MB.
@@ -161,24 +160,8 @@ def test_payload_limits_fit_globus_computes_10_mb(tq):
 
 
 # -- remote pool launch through the SDK's serializer -----------------------------------------------
-def _pbs_bin(tmp_path: Path) -> tuple[Path, Path]:
-    """Stand-in qsub/qstat/qdel (no PBS here) that log their arguments, as in test_launchers."""
-    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.log"
-    bin_dir.mkdir()
-    scripts = {
-        "qsub": f'echo "qsub $*" >> {calls}; echo 88.pbs01',
-        "qstat": f'echo "qstat $*" >> {calls}; printf "%s" {json.dumps(QSTAT_RECORDED["running"])}',
-        "qdel": f'echo "qdel $*" >> {calls}',
-    }
-    for name, body in scripts.items():
-        path = bin_dir / name
-        path.write_text("#!/bin/bash\n" + body + "\n")
-        path.chmod(path.stat().st_mode | stat.S_IEXEC)
-    return bin_dir, calls
-
-
 def test_executor_launcher_start_status_cancel_through_the_serializer(tmp_path):
-    bin_dir, calls = _pbs_bin(tmp_path)
+    bin_dir, calls = stand_in_pbs(tmp_path, "88.pbs01")
     job = JobSpec(nodes=1, ppn=2, walltime="00:05:00", queue="workq", output_dir=str(tmp_path / "jobs"))
     with ComputeSubprocessExecutor(1) as executor:
         remote = ExecutorLauncher(executor, "pbs", job, bin_dir=str(bin_dir), timeout=120)

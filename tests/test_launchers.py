@@ -165,13 +165,13 @@ def test_parse_qstat(case, expected):
     assert launchers.parse_qstat(QSTAT_RECORDED[case]) == expected
 
 
-def test_pbs_launcher_speaks_qsub_qstat_qdel(tmp_path):
-    """Stand-in qsub/qstat/qdel that print recorded PBS output and log their arguments."""
-    bin_dir = tmp_path / "bin"
+def stand_in_pbs(tmp_path: Path, job_id: str) -> tuple[Path, Path]:
+    """Stand-in qsub/qstat/qdel (no PBS server here) that print recorded PBS output and log their
+    arguments to calls.log; qsub keeps a copy of the script as submitted.sh."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.log"
     bin_dir.mkdir()
-    calls = tmp_path / "calls.log"
     scripts = {
-        "qsub": f'echo "qsub $*" >> {calls}; cp "$1" {tmp_path}/submitted.sh; echo 77.pbs01',
+        "qsub": f'echo "qsub $*" >> {calls}; cp "$1" {tmp_path}/submitted.sh; echo {job_id}',
         "qstat": f'echo "qstat $*" >> {calls}; printf "%s" {json.dumps(QSTAT_RECORDED["running"])}',
         "qdel": f'echo "qdel $*" >> {calls}',
     }
@@ -179,6 +179,11 @@ def test_pbs_launcher_speaks_qsub_qstat_qdel(tmp_path):
         path = bin_dir / name
         path.write_text("#!/bin/bash\n" + body + "\n")
         path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return bin_dir, calls
+
+
+def test_pbs_launcher_speaks_qsub_qstat_qdel(tmp_path):
+    bin_dir, calls = stand_in_pbs(tmp_path, "77.pbs01")
     launcher = PbsLauncher(JobSpec(nodes=1, ppn=4, walltime="00:30:00", queue="workq", project="P1",
                                    output_dir=str(tmp_path)), bin_dir=str(bin_dir))
     job = launcher.start(PoolSpec([1], fn="eqflow.workers.tasks:noop"))
