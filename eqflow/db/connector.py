@@ -192,7 +192,7 @@ def probe(url: str) -> str | None:
 
 
 class Connector:
-    """Runs named queries from ``sql/queries.sql`` on pooled autocommit connections.
+    """Runs named queries from ``sql/*.sql`` on pooled autocommit connections.
 
     reconnect_timeout: how long a call waits for an unreachable database before it raises
     DatabaseUnavailable; None (the default) waits for as long as the outage lasts.

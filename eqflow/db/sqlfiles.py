@@ -40,13 +40,19 @@ def migrations() -> tuple[Migration, ...]:
 
 @cache
 def queries() -> dict[str, str]:
-    """The named statements of ``sql/queries.sql``."""
-    text = (_sql_root() / "queries.sql").read_text()
-    parts = _NAME_LINE.split(text)
+    """The named statements of every ``sql/*.sql`` file (queries.sql for the core, one file per
+    workflow package); a name defined twice is an error."""
     named: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        lines = [ln for ln in body.strip().splitlines() if not ln.lstrip().startswith("--")]
-        named[name] = "\n".join(lines).strip().rstrip(";")
+    where: dict[str, str] = {}
+    files = sorted((e for e in _sql_root().iterdir() if e.name.endswith(".sql")), key=lambda e: e.name)
+    for entry in files:
+        parts = _NAME_LINE.split(entry.read_text())
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            if name in named:
+                raise RuntimeError(f"query {name!r} is defined in both sql/{where[name]} and sql/{entry.name}")
+            lines = [ln for ln in body.strip().splitlines() if not ln.lstrip().startswith("--")]
+            named[name] = "\n".join(lines).strip().rstrip(";")
+            where[name] = entry.name
     return named
 
 
@@ -54,4 +60,4 @@ def query(name: str) -> str:
     try:
         return queries()[name]
     except KeyError:
-        raise KeyError(f"no query named {name!r} in sql/queries.sql") from None
+        raise KeyError(f"no query named {name!r} in sql/*.sql") from None

@@ -1,0 +1,1 @@
+"""Problem specifications shipped with eqflow (``deletion_codes`` is the default)."""
