@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("run", help="run the Ackley/GPR workflow: eqflow run <exp_id> <cfg> (see eqflow run --help)",
                    add_help=False)
+    sub.add_parser("funsearch", help="run FunSearch: eqflow funsearch run <exp_id> --cfg <cfg> (see --help)",
+                   add_help=False)
     examples = sub.add_parser("examples", help="list the example configs shipped with eqflow, or copy them")
     examples.add_argument("--copy", metavar="DIR", default=None, help="copy them into DIR (existing files are kept)")
     examples.set_defaults(func=_examples)
@@ -183,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         from eqflow.workflows.main import main as run_main
 
         return run_main(argv[1:], prog="eqflow run")
+    if argv[:1] == ["funsearch"]:
+        from eqflow.funsearch.cli import main as funsearch_main
+
+        return funsearch_main(argv[1:], prog="eqflow funsearch")
     setup_logging(argv.count("-v") + 2 * argv.count("-vv") + argv.count("--verbose"), "--log-json" in argv)
     if argv[:1] == ["pool"]:
         try:

@@ -244,6 +244,39 @@ REFERENCES = [  # checked by WorkflowConfig.reference_problems; listed in docs/c
 ]
 
 
+class FunSearchConfig(Model):
+    """``funsearch:``: the FunSearch model exploration (``eqflow funsearch run``). Its tasks are
+    ``tasks.sample`` and ``tasks.evaluate``; evaluations outrank samples."""
+
+    spec: str = Field(default="deletion_codes", description="the problem: a bundled spec (deletion_codes, cap_set) "
+                                                            "or a path to a spec .py file")
+    tests: list[dict[str, Any]] | None = Field(default=None, description="inputs the run function is called with, "
+                                               "e.g. [{n: 6, s: 1}] (default: the spec's DEFAULT_TESTS)")
+    targets: list[float] | None = Field(default=None, description="stop when every test reaches its target, one per "
+                                        "test (default: the spec's TARGETS; none known: no target)")
+    optimal_solution_programs: int = Field(default=20, ge=0, description="programs registered after the targets "
+                                                                         "are reached, then stop")
+    reduce: Literal["last", "average", "weighted"] = Field(default="last", description="how per-test scores combine "
+                                                           "into a program's score (the spec says what each means)")
+    sampler: dict[str, Any] = Field(default_factory=lambda: {"type": "mutation"},
+                                    description="the sampler: {type: mutation | transformers | openai, ...options}")
+    samples_per_prompt: int = Field(default=2, ge=1, le=64, description="candidates per sample task")
+    functions_per_prompt: int = Field(default=2, ge=1, le=8, description="parent programs shown in a prompt")
+    num_islands: int = Field(default=10, ge=1, le=1000, description="islands of the programs database")
+    cluster_temperature_init: float = Field(default=0.1, gt=0, description="T0 of the cluster softmax")
+    cluster_temperature_period: int = Field(default=30_000, ge=1, description="P of the cluster softmax")
+    reset_period_s: float | None = Field(default=4 * 3600.0, gt=0, description="reset the weaker half of the "
+                                         "islands this often (null: never by time)")
+    reset_programs: int | None = Field(default=None, ge=1, description="reset when every island holds at least "
+                                       "this many programs (null: never by size)")
+    max_evaluations: int | None = Field(default=None, ge=1, description="stop after this many evaluations")
+    max_seconds: float | None = Field(default=None, gt=0, description="stop after this many seconds of this session")
+    eval_timeout_s: float = Field(default=30.0, gt=0, description="wall seconds one evaluation may take")
+    eval_memory_mb: int = Field(default=1024, ge=64, description="memory one evaluation may use, MiB")
+    in_flight_per_slot: int = Field(default=2, ge=1, le=64, description="tasks in flight per live sampler or "
+                                    "evaluator slot (the cap on work in flight)")
+
+
 def _default_dbs() -> dict[str, DbConfig]:
     return {"main": DbConfig.model_validate({})}
 
@@ -286,6 +319,8 @@ class WorkflowConfig(Model):
                                                              "(without dynamic scaling)")
     output_dir: str = Field(default="out", description="outputs go to `<output_dir>/<exp_id>/`")
     seed: int = Field(default=0, description="random seed of the sample and the sleeps")
+    funsearch: FunSearchConfig | None = Field(default=None, description="the FunSearch exploration "
+                                                                        "(eqflow funsearch run)")
 
     @model_validator(mode="after")
     def _references(self) -> WorkflowConfig:
@@ -297,7 +332,10 @@ class WorkflowConfig(Model):
     def reference_problems(self) -> list[str]:
         """Every name that refers to another section but names nothing there."""
         problems = self._task_references() + self._queue_references() + self._pool_references()
-        if "ackley" not in self.tasks:
+        if self.funsearch is not None:
+            problems += [f"tasks: needs a {name!r} entry for funsearch{suggest(name, self.tasks, listing=False)}"
+                         for name in ("sample", "evaluate") if name not in self.tasks]
+        elif "ackley" not in self.tasks:
             problems.append(f"tasks: needs an 'ackley' entry{suggest('ackley', self.tasks, listing=False)}")
         if self.reprioritize_endpoint == "pool" and "gpr" not in self.tasks:
             problems.append("reprioritize_endpoint: 'pool' needs a 'gpr' entry in tasks")

@@ -46,7 +46,7 @@ def plot_best(out: Path, runs: dict[str, list[float]], retrain_marks: list[int] 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, out / "best_so_far.png")
+    return save_figure(fig, out / "best_so_far.png")
 
 
 def plot_queue(out: Path, trace: QueueTrace) -> Path:
@@ -67,10 +67,10 @@ def plot_queue(out: Path, trace: QueueTrace) -> Path:
     lines, labels = ax.get_legend_handles_labels()
     lines2, labels2 = ax2.get_legend_handles_labels()
     ax.legend(lines + lines2, labels + labels2, loc="upper right")
-    return _save(fig, out / "queue_and_pools.png")
+    return save_figure(fig, out / "queue_and_pools.png")
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110, metadata=_METADATA)
@@ -117,4 +117,4 @@ def plot_pool_timeline(path: Path, pool: str, tasks: list[tuple[float, float, st
     ax.set_title(f"{pool}: {len(tasks)} tasks")
     if retrain_times:
         ax.legend(loc="upper right")
-    return _save(fig, path)
+    return save_figure(fig, path)
