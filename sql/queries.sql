@@ -66,6 +66,67 @@ WHERE t.task_id = r.task_id AND t.status = 'running'
   AND (r.claim_id IS NULL OR t.claim_id = r.claim_id)
 RETURNING t.task_id;
 
+-- name: report_and_claim_one_type
+-- report_results and claim_one_type in one statement, one commit: a pool at steady state
+-- spends one transaction per task (batch) instead of two. The reported rows are 'running' and
+-- the claimed ones 'queued', so the two updates never touch the same row. Rows with a NULL
+-- exp_id are the accepted reports (task_id only); the others are the claimed tasks.
+WITH reported AS (
+    UPDATE tasks t
+    SET status = 'complete', result = r.result, error = NULL, finished_at = now(),
+        lease_expires_at = NULL
+    FROM unnest(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(results)s::text[])
+         AS r(task_id, claim_id, result)
+    WHERE t.task_id = r.task_id AND t.status = 'running'
+      AND (r.claim_id IS NULL OR t.claim_id = r.claim_id)
+    RETURNING t.task_id),
+picked AS (
+    SELECT task_id FROM tasks
+    WHERE status = 'queued' AND task_type = %(task_type)s
+    ORDER BY priority DESC, task_id
+    LIMIT %(n)s
+    FOR UPDATE SKIP LOCKED),
+claimed AS (
+    UPDATE tasks t
+    SET status = 'running', pool = %(pool)s, attempts = t.attempts + 1,
+        claim_id = nextval('eqflow_claim_seq'),
+        lease_expires_at = now() + make_interval(secs => %(lease_s)s), started_at = now()
+    FROM picked WHERE t.task_id = picked.task_id
+    RETURNING t.task_id, t.exp_id, t.task_type, t.priority, t.payload, t.tag, t.attempts, t.claim_id)
+SELECT task_id, NULL::text, NULL::integer, NULL::integer, NULL::text, NULL::text, NULL::integer,
+       NULL::bigint FROM reported
+UNION ALL
+SELECT * FROM claimed;
+
+-- name: report_and_claim_many_types
+-- report_and_claim_one_type for several task types.
+WITH reported AS (
+    UPDATE tasks t
+    SET status = 'complete', result = r.result, error = NULL, finished_at = now(),
+        lease_expires_at = NULL
+    FROM unnest(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(results)s::text[])
+         AS r(task_id, claim_id, result)
+    WHERE t.task_id = r.task_id AND t.status = 'running'
+      AND (r.claim_id IS NULL OR t.claim_id = r.claim_id)
+    RETURNING t.task_id),
+picked AS (
+    SELECT task_id FROM tasks
+    WHERE status = 'queued' AND task_type = ANY(%(task_types)s::integer[])
+    ORDER BY priority DESC, task_id
+    LIMIT %(n)s
+    FOR UPDATE SKIP LOCKED),
+claimed AS (
+    UPDATE tasks t
+    SET status = 'running', pool = %(pool)s, attempts = t.attempts + 1,
+        claim_id = nextval('eqflow_claim_seq'),
+        lease_expires_at = now() + make_interval(secs => %(lease_s)s), started_at = now()
+    FROM picked WHERE t.task_id = picked.task_id
+    RETURNING t.task_id, t.exp_id, t.task_type, t.priority, t.payload, t.tag, t.attempts, t.claim_id)
+SELECT task_id, NULL::text, NULL::integer, NULL::integer, NULL::text, NULL::text, NULL::integer,
+       NULL::bigint FROM reported
+UNION ALL
+SELECT * FROM claimed;
+
 -- name: report_failures
 -- Retryable failures go back to the queue until max_attempts runs have failed (or were lost);
 -- then the task fails for good.
@@ -130,7 +191,7 @@ SELECT false AS found, task_id FROM missing
 UNION ALL SELECT true, task_id FROM changed;
 
 -- name: set_priority
--- All or nothing, as cancel_tasks. Only queued tasks change.
+-- All or nothing, as cancel_tasks. Only queued tasks whose priority differs change (and come back).
 WITH req AS (SELECT DISTINCT unnest(%(task_ids)s::bigint[]) AS task_id),
 missing AS (
     SELECT req.task_id FROM req
@@ -139,6 +200,7 @@ changed AS (
     UPDATE tasks t SET priority = %(priority)s
     FROM req
     WHERE t.task_id = req.task_id AND t.status = 'queued' AND NOT EXISTS (SELECT 1 FROM missing)
+      AND t.priority <> %(priority)s  -- an unchanged priority costs no row version
     RETURNING t.task_id)
 SELECT false AS found, task_id FROM missing
 UNION ALL SELECT true, task_id FROM changed;
@@ -154,6 +216,7 @@ changed AS (
     UPDATE tasks t SET priority = req.priority
     FROM req
     WHERE t.task_id = req.task_id AND t.status = 'queued' AND NOT EXISTS (SELECT 1 FROM missing)
+      AND t.priority IS DISTINCT FROM req.priority  -- an unchanged priority costs no row version
     RETURNING t.task_id)
 SELECT false AS found, task_id FROM missing
 UNION ALL SELECT true, task_id FROM changed;

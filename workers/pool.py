@@ -79,6 +79,8 @@ class Pool:
         self.pool_name = cfg.name
         self._db_gone = False  # gave up on an unreachable database: exit without talking to it
         self.metrics: PoolMetrics | None = None  # --metrics-port: the pool's own figures
+        self._idle_since = 0.0
+        self._starved_since: float | None = None  # the last claim came back short: wait for news
 
     def request_stop(self, mode: StopMode) -> None:
         if self._stop_mode is not StopMode.NOW:
@@ -103,8 +105,8 @@ class Pool:
         runner: _Runner = _ThreadRunner(cfg) if cfg.threads else _ProcessRunner(cfg)
         work_inbox = self.queue.work_inbox(cfg.task_types)
         last_beat = 0.0
-        idle_since = time.monotonic()
-        starved_since: float | None = None  # the last claim came back short: wait for news
+        self._idle_since = time.monotonic()
+        self._starved_since = None
         try:
             while True:
                 if time.monotonic() - last_beat >= cfg.heartbeat_s or stop_inbox.wait(0)[2]:
@@ -114,25 +116,28 @@ class Pool:
                     break
                 in_hand = len(self.waiting) + runner.running
                 want = cfg.batch_size - in_hand
-                news = starved_since is None or work_inbox.wait(0)[2] or \
-                    time.monotonic() - starved_since > cfg.heartbeat_s
+                starved = self._starved_since
+                news = starved is None or work_inbox.wait(0)[2] or time.monotonic() - starved > cfg.heartbeat_s
                 if want >= cfg.threshold and news:
                     wait_s = 0.0 if in_hand else min(cfg.heartbeat_s, 1.0)
-                    claimed = self._claim(want, wait_s)
-                    self.waiting.extend(self._take_stop_messages(claimed))
-                    starved_since = time.monotonic() if len(claimed) < want else None
-                    if claimed:
-                        idle_since = time.monotonic()
+                    self._took(self._claim(want, wait_s), want)
                 self._dispatch(runner)
                 if not self.waiting and not runner.running:
-                    if self._stop_mode is StopMode.DRAIN and starved_since is not None:
+                    if self._stop_mode is StopMode.DRAIN and self._starved_since is not None:
                         break
-                    if cfg.idle_exit_s is not None and time.monotonic() - idle_since > cfg.idle_exit_s:
+                    if cfg.idle_exit_s is not None and time.monotonic() - self._idle_since > cfg.idle_exit_s:
                         break
                     continue
                 outcomes = runner.collect(timeout=0.05)
                 self._dispatch(runner)  # keep workers busy while the results are reported
-                self._report(outcomes)
+                want = cfg.batch_size - len(self.waiting) - runner.running
+                if want >= cfg.threshold and any(ok for _, ok, _ in outcomes):
+                    # Report and claim the next tasks in one statement: one commit per batch
+                    # at steady state instead of two.
+                    self._took(self._report(outcomes, claim=want), want)
+                    self._dispatch(runner)
+                else:
+                    self._report(outcomes)
         except DatabaseUnavailable as exc:
             # With a give-up (--db-timeout), or told to stop by a signal during an outage: by
             # default every call waits the outage out.
@@ -147,6 +152,14 @@ class Pool:
             self._shutdown(runner)
             stop_inbox.close()
         return self.completed
+
+    def _took(self, claimed: list[ClaimedTask], want: int) -> None:
+        """Tasks just claimed (asked for ``want``): into the waiting line; a short claim means
+        the queue is empty for now (the loop then waits for news before asking again)."""
+        self.waiting.extend(self._take_stop_messages(claimed))
+        self._starved_since = time.monotonic() if len(claimed) < want else None
+        if claimed:
+            self._idle_since = time.monotonic()
 
     def _take_stop_messages(self, claimed: list[ClaimedTask]) -> list[ClaimedTask]:
         """The claimed tasks that are work. EQ-SQL's stop_worker_pool queues an EQ_STOP task
@@ -195,11 +208,21 @@ class Pool:
                 log.warning("leases lost; tasks left to their new holders",
                             extra={"pool": self.pool_name, "task_ids": [t.task_id for t in lost][:20]})
 
-    def _report(self, outcomes: list[tuple[ClaimedTask, bool, str]]) -> None:
+    def _report(self, outcomes: list[tuple[ClaimedTask, bool, str]], claim: int = 0) -> list[ClaimedTask]:
+        """Report outcomes; with claim > 0, claim up to that many tasks in the same statement."""
         results = [(task, value) for task, ok, value in outcomes if ok]
         failures = [(task, value) for task, ok, value in outcomes if not ok]
+        claimed: list[ClaimedTask] = []
         if results:
-            accepted = len(self.queue.report(results))
+            if claim:
+                asked = time.perf_counter()
+                ids, claimed = self.queue.report_and_claim(results, self.cfg.task_types, n=claim,
+                                                           pool=self.pool_name)
+                accepted = len(ids)
+                if claimed and self.metrics is not None:
+                    self.metrics.claim_seconds.observe(time.perf_counter() - asked)
+            else:
+                accepted = len(self.queue.report(results))
             self.completed += accepted
             if self.metrics is not None:
                 self.metrics.completed.inc(accepted)
@@ -208,6 +231,7 @@ class Pool:
             self.queue.report_failure(failures)
             if self.metrics is not None:
                 self.metrics.failed.inc(len(failures))
+        return claimed
 
     def _shutdown(self, runner: _Runner) -> None:
         unstarted = list(self.waiting) + self.parked_stops

@@ -52,10 +52,16 @@ def _drain(target: str | tuple[str, str], task_type: int, batch: int, stop: Any,
     queue = open_queue(target)
     pool = f"bench-{os.getpid()}"
     ready.release()
+    combined = hasattr(queue, "report_and_claim")
+    tasks: list[Any] = []
     while not stop.is_set():
-        tasks = queue.claim(task_type, n=batch, pool=pool, timeout=0.5)
-        if tasks:
+        if not tasks:
+            tasks = queue.claim(task_type, n=batch, pool=pool, timeout=0.5)
+        elif combined:  # steady state: one statement (one commit) per batch
+            _, tasks = queue.report_and_claim([(t, t.payload) for t in tasks], task_type, n=batch, pool=pool)
+        else:
             queue.report([(t, t.payload) for t in tasks])
+            tasks = []
     queue.close()
 
 
@@ -106,7 +112,7 @@ def bench_reprioritize(queue: LocalTaskQueue, n: int, repeats: int = 3) -> float
     futures = queue.submit_many(EXP, 20, ["{}"] * n)
     best = float("inf")
     for r in range(repeats):
-        prios = [(i * 7919 + r) % 100_000 for i in range(n)]
+        prios = [(i * 7919 + r) % 100_000 + 1 for i in range(n)]  # every one changes
         t0 = time.perf_counter()
         changed = queue.set_priorities(futures, prios)
         best = min(best, time.perf_counter() - t0)

@@ -1,0 +1,108 @@
+"""Issue #13's correctness side: report_and_claim (one statement per task), priorities that do
+not change are skipped. Speed is measured by `eqflow bench ...`, not here."""
+
+import multiprocessing as mp
+import threading
+
+from eqflow import TaskStatus
+from eqflow.queue import LocalTaskQueue
+from tests.conftest import sql
+
+
+def test_report_and_claim_reports_then_claims_in_priority_order(queue):
+    futs = queue.submit_many("exp", 1, [str(i) for i in range(6)], priority=[0, 0, 3, 1, 7, 0])
+    first = queue.claim(1, n=2, pool="p")
+    assert [t.payload for t in first] == ["4", "2"]
+    accepted, nxt = queue.report_and_claim([(t, "r" + t.payload) for t in first], 1, n=3, pool="p")
+    assert accepted == {t.task_id for t in first}
+    assert [t.payload for t in nxt] == ["3", "0", "1"]
+    assert all(t.pool == "p" and t.claim_id is not None and t.attempt == 1 for t in nxt)
+    assert (futs[4].result(timeout=5), futs[2].result(timeout=5)) == ("r4", "r2")
+    stats = queue.stats("exp")[1]
+    assert stats == {"complete": 2, "running": 3, "queued": 1}
+
+
+def test_report_and_claim_edge_cases(queue):
+    queue.submit_many("exp", 1, ["a", "b"])
+    queue.submit_many("exp", 2, ["c"], priority=5)
+    # nothing to report: a plain claim; n=0: a plain report
+    assert queue.report_and_claim([], 1, n=0) == (set(), [])
+    [a] = queue.report_and_claim([], 1, n=1, pool="p")[1]
+    accepted, none = queue.report_and_claim([(a, "done")], 1, n=0, pool="p")
+    assert accepted == {a.task_id} and none == []
+    # several types; the queue runs dry: fewer than asked for
+    [b] = queue.claim(1, pool="p")
+    accepted, got = queue.report_and_claim([(b, "done")], [1, 2], n=10, pool="p")
+    assert accepted == {b.task_id} and [t.payload for t in got] == ["c"]
+    accepted, got = queue.report_and_claim([(got[0], "done")], [1, 2], n=10, pool="p")
+    assert len(accepted) == 1 and got == []
+    assert queue.stats("exp") == {1: {"complete": 2}, 2: {"complete": 1}}
+
+
+def test_report_and_claim_refuses_a_stale_claim(queue, db_url):
+    fut = queue.submit("exp", 1, "x")
+    [old] = queue.claim(1, pool="p", lease_s=0.1)
+    sql(db_url, "UPDATE tasks SET lease_expires_at = now() - interval '1 second'")
+    queue.rescue_expired()
+    [new] = queue.claim(1, pool="q")  # the same task, claimed again under a new lease
+    assert new.task_id == old.task_id and new.claim_id != old.claim_id
+    accepted, got = queue.report_and_claim([(old, "stale")], 1, n=1, pool="p")
+    assert accepted == set() and got == []
+    assert fut.status is TaskStatus.RUNNING and fut.worker_pool == "q"
+    assert queue.report_and_claim([(new, "fresh")], 1, n=1, pool="q")[0] == {new.task_id}
+    assert fut.result(timeout=5) == "fresh"
+
+
+def _worker(url: str, n_done: "mp.Queue[list[int]]") -> None:
+    q = LocalTaskQueue(url, migrate=False, pool_size=1)
+    done: list[int] = []
+    tasks = q.claim(1, n=3, pool=f"w{mp.current_process().pid}")
+    while tasks:
+        accepted, tasks = q.report_and_claim([(t, str(t.task_id)) for t in tasks], 1, n=3,
+                                             pool=f"w{mp.current_process().pid}")
+        done.extend(accepted)
+    q.close()
+    n_done.put(done)
+
+
+def test_report_and_claim_never_loses_or_duplicates_a_task(queue, db_url):
+    n = 600
+    futs = queue.submit_many("exp", 1, ["{}"] * n)
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(db_url, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    done = [tid for _ in procs for tid in out.get(timeout=120)]
+    for p in procs:
+        p.join(timeout=30)
+    assert sorted(done) == sorted(f.task_id for f in futs)  # each exactly once
+    assert sql(db_url, "SELECT count(*) FROM tasks WHERE status = 'complete' AND result = task_id::text") == [(n,)]
+    assert sql(db_url, "SELECT max(attempts) FROM tasks") == [(1,)]
+    got = {f.task_id for f in queue.as_completed(futs, timeout=30)}
+    assert len(got) == n
+
+
+def test_report_and_claim_wakes_as_completed(queue):
+    futs = queue.submit_many("exp", 1, ["a", "b"])
+    tasks = queue.claim(1, n=1, pool="p")
+
+    def work() -> None:
+        nonlocal tasks
+        while tasks:
+            _, tasks = queue.report_and_claim([(t, "ok") for t in tasks], 1, n=1, pool="p")
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    assert [f.result() for f in queue.as_completed(futs, timeout=10)] == ["ok", "ok"]
+    thread.join(timeout=10)
+
+
+def test_unchanged_priorities_are_skipped(queue, db_url):
+    futs = queue.submit_many("exp", 1, ["a", "b", "c"], priority=[1, 2, 3])
+    before = sql(db_url, "SELECT task_id, xmin::text FROM tasks ORDER BY task_id")
+    assert queue.set_priorities(futs, [1, 5, 3]) == [futs[1].task_id]  # only b changes
+    assert queue.set_priorities(futs, 3) == [futs[0].task_id, futs[1].task_id]  # c has 3 already
+    after = sql(db_url, "SELECT task_id, xmin::text FROM tasks ORDER BY task_id")
+    assert after[2] == before[2]  # c's row was never written
+    assert [t.payload for t in queue.claim(1, n=3, pool="p")] == ["a", "b", "c"]  # all 3: FIFO
