@@ -119,13 +119,19 @@ class FunSearch:
         return {k: known[k] for k in self.keys if k in known}
 
     # -- the loop ----------------------------------------------------------------------------------
-    def run(self) -> Stop:
+    def open(self) -> dict[str, int]:
+        """Attach to the experiment: its islands and programs from the database, what finished
+        while no ME watched processed, the tasks in flight re-attached; a new one is seeded."""
         self.queue.create_experiment(self.exp_id, self._experiment_config())
         self.db.execute("fs_init_islands", {"exp_id": self.exp_id, "n": self.fs.num_islands})
         self._load()
         recovered = self._recover()
         if self.view.total() == 0 and not self.evaluations and not self._seed_candidates_exist():
             self._seed()
+        return recovered
+
+    def run(self) -> Stop:
+        recovered = self.open()
         self.queue.record_event(self.exp_id, "session_started", {
             "programs": self.view.total(), "evaluated": self.counters.evaluated,
             "open_samples": len(self.samples), "open_evaluations": len(self.evaluations), **recovered})
@@ -347,7 +353,7 @@ class FunSearch:
         states = ["stale" if stale else "unparsed" if t is None else "pending" for t in trimmed]
         idxs = [first_idx + i for i in range(len(trimmed))]
         if not trimmed:  # nothing usable: one marker row says this sample was processed
-            idxs, hashes, states = [-1], [None], ["failed"]
+            idxs, trimmed, hashes, states = [-1], [None], [None], ["failed"]
         inserted = {r[0] for r in self.db.fetch_all("fs_insert_candidates", {
             "exp_id": self.exp_id, "sample_task_id": sample_task_id, "island": island, "island_version": version,
             "parents": parents, "idxs": idxs, "body_hashes": hashes, "states": states}, idempotent=False)}
