@@ -1,1 +1,20 @@
 """Parameter sweeps on eqflow: grid and binary search (Runner's API) and ASHA trials (slurm_sweeps' API)."""
+
+from eqflow.sweeps.config import (
+    REQUIRED,
+    BaseExperimentConfig,
+    BinarySearchConfig,
+    GridSearchConfig,
+    InvalidConfigurationError,
+    apply_overrides,
+    main,
+    pydraclass,
+)
+from eqflow.sweeps.gpus import GPUJob, GPUJobResult, visible_gpus
+from eqflow.sweeps.runner import run_binary_searches, run_grid_searches
+
+__all__ = [
+    "REQUIRED", "BaseExperimentConfig", "BinarySearchConfig", "GPUJob", "GPUJobResult", "GridSearchConfig",
+    "InvalidConfigurationError", "apply_overrides", "main", "pydraclass", "run_binary_searches",
+    "run_grid_searches", "visible_gpus",
+]
