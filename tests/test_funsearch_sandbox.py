@@ -162,6 +162,16 @@ def test_filesystem_is_read_only_outside_the_workdir(sandbox: Sandbox) -> None:
     # /tmp inside is private: the write may succeed there, but never lands in the host's /tmp.
     sandbox.evaluate(f"    open({str(in_tmp)!r}, 'w').write('x')\n    return 0.0")
     assert not in_tmp.exists()
+    # Service sockets in /run and the home directories are hidden.
+    secret = Path.home() / f".{name}"
+    secret.write_text("credentials")
+    try:
+        hidden = sandbox.evaluate("    import os\n    assert not os.listdir('/run'), os.listdir('/run')\n"
+                                  f"    assert {secret.name!r} not in os.listdir({str(secret.parent)!r})\n"
+                                  "    return 0.0")
+    finally:
+        secret.unlink()
+    assert hidden.status == "ok", hidden.error
     # The working directory is writable (and removed afterwards).
     assert sandbox.evaluate("    open('scratch.txt', 'w').write('x')\n    return 0.0").status == "ok"
     big = sandbox.evaluate(f"    open('big', 'wb').write(b'x' * {(LIMITS.max_file_mb + 1) << 20})\n    return 0.0")

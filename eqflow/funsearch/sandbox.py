@@ -25,9 +25,11 @@ import logging
 import os
 import pwd
 import shutil
+import site
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,7 +96,7 @@ class Isolation:
     def describe(self, uid: int | None = None) -> str:
         parts = []
         if self.kind == "bubblewrap":
-            parts.append("bubblewrap: no network, read-only filesystem, private /tmp, pid namespace")
+            parts.append("bubblewrap: no network, read-only filesystem, private /tmp, /run and home, pid namespace")
         elif self.kind == "unshare":
             parts.append("unshare: no network" + (", pid namespace" if self.pid_namespace else ""))
         else:
@@ -109,19 +111,45 @@ class Isolation:
         return "; ".join(parts)
 
 
+def _hidden_directories() -> list[Path]:
+    """Host directories replaced by empty private ones inside bubblewrap: /tmp (candidates' scratch
+    space), /run (service sockets: a read-only bind does not stop connecting to a unix socket) and
+    the home directories (credentials a candidate could copy into its error text)."""
+    homes = [Path("/root")]
+    with contextlib.suppress(KeyError):
+        homes.append(Path(pwd.getpwuid(os.geteuid()).pw_dir))
+    hidden = [Path("/tmp"), Path("/run")]
+    for home in homes:
+        home = home.resolve()
+        if home.is_dir() and home != Path("/") and home not in hidden:
+            hidden.append(home)
+    return [path for path in hidden if path.is_dir()]
+
+
+def _needed_paths() -> set[Path]:
+    """What the server must see: the interpreter, the virtual environment, site-packages, eqflow."""
+    paths = {SERVER.parent, Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent}
+    paths.update(Path(path) for path in site.getsitepackages())
+    return {path.resolve() for path in paths if path.exists()}
+
+
 def _bwrap_prefix(tmp_bytes: int) -> list[str]:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         return []
-    prefix = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-              "--size", str(tmp_bytes), "--tmpfs", "/tmp"]
-    # A private /tmp hides anything of ours installed under the host's /tmp: bind it back, read-only.
-    needed = {str(SERVER.parent), sys.prefix, sys.base_prefix, str(Path(sys.executable).resolve().parent)}
-    host_tmp = Path(tempfile.gettempdir()).resolve()
+    prefix = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    hidden = _hidden_directories()
+    for directory in hidden:
+        # /tmp first: Sandbox._command sizes the first tmpfs from the limits.
+        size = tmp_bytes if directory == Path("/tmp") else 1 << 20
+        prefix += ["--size", str(size), "--tmpfs", str(directory)]
+    # Bind back, read-only, what the server needs from inside a hidden directory (a pyenv in /root).
+    needed = _needed_paths()
     for path in sorted(needed):
-        resolved = Path(path).resolve()
-        if resolved == host_tmp or host_tmp in resolved.parents or str(resolved).startswith("/tmp/"):
-            prefix += ["--ro-bind", str(resolved), str(resolved)]
+        if any(other in path.parents for other in needed):
+            continue  # bound with its parent
+        if any(path == directory or directory in path.parents for directory in hidden):
+            prefix += ["--ro-bind", str(path), str(path)]
     return prefix + ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                      "--die-with-parent", "--new-session", "--clearenv", "--chdir", "/tmp", "--"]
 
@@ -213,6 +241,7 @@ class Sandbox:
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
         self._closed = False
+        self._lock = threading.Lock()  # one request at a time on the server's pipe
         try:
             self._start()
         except BaseException:
@@ -298,6 +327,10 @@ class Sandbox:
 
     def evaluate(self, body: str) -> Evaluation:
         """Run one candidate body (4-space indented) on every test; never raises for the candidate."""
+        with self._lock:
+            return self._evaluate(body)
+
+    def _evaluate(self, body: str) -> Evaluation:
         if self._closed:
             raise RuntimeError("sandbox is closed")
         started = time.monotonic()
