@@ -19,6 +19,15 @@ if ! have_initdb; then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
 fi
 
+# FunSearch evaluates untrusted candidate code inside bubblewrap (no network, read-only filesystem);
+# without it the sandbox falls back to weaker isolation, so a failed install is not fatal.
+if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+    echo "[setup] installing bubblewrap for the FunSearch sandbox"
+    { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null; } ||
+        echo "[setup] could not install bubblewrap: the FunSearch sandbox will use weaker isolation"
+fi
+
 # The test suite runs a real single-node SLURM cluster and a real sshd:
 # `setup.sh --with-test-services` installs them (Debian's slurm-wlm, munge, openssh-server), and
 # Debian's chromium for the browser tests.
@@ -28,6 +37,8 @@ if [ "${1:-}" = "--with-test-services" ]; then
     [ -x /usr/sbin/sshd ] || command -v sshd >/dev/null 2>&1 || missing="$missing openssh-server"
     # The browser tests drive Debian's chromium through Playwright (no browser download).
     [ -x /usr/bin/chromium ] || missing="$missing chromium"
+    # The FunSearch sandbox tests check bubblewrap's isolation (they skip those checks without it).
+    command -v bwrap >/dev/null 2>&1 || missing="$missing bubblewrap"
     if [ -n "$missing" ]; then
         if [ "$(id -u)" -eq 0 ]; then
             echo "[setup] installing$missing for the launcher, tunnel and browser tests"
