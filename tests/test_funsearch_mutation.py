@@ -1,0 +1,204 @@
+"""eqflow.funsearch.mutation: the mutation sampler's candidates, determinism, crossover, size bound,
+and (test-only, in-process) a short search that it improves a deletion-code greedy."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import math
+import random
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from eqflow.funsearch.code import body_hash, function_source, parse_function, trim_completion
+from eqflow.funsearch.mutation import MutationSampler, parse_signature
+from eqflow.funsearch.samplers import SampleRequest, make_sampler
+
+DELETION = "def priority(el: tuple[int, ...], n: int, s: int) -> float:"
+CAP_SET = "def priority(el: tuple[int, ...], n: int) -> float:"
+BIN_PACKING = "def priority(item: float, bins: np.ndarray) -> np.ndarray:"
+
+PARENTS = {
+    DELETION: ("    return 0.0\n", "    return -(sum(el) % (n + 1)) + s * 0.5\n"),
+    CAP_SET: ("    return 0.0\n", "    return float(sum(x == 1 for x in el)) - n / 3.0\n"),
+    BIN_PACKING: ("    return -(bins - item)\n", "    score = item / bins\n    return -score + 1.0\n"),
+}
+
+
+def request(header: str, bodies: tuple[str, ...], samples: int = 4, seed: int = 0) -> SampleRequest:
+    parents = tuple(function_source(header, body) for body in bodies)
+    return SampleRequest(prompt="", parents=parents, function_name="priority", header=header,
+                         samples=samples, seed=seed)
+
+
+def test_signature_kinds() -> None:
+    deletion = parse_signature(DELETION)
+    assert deletion.seqs == ("el",) and deletion.ints == ("n", "s") and not deletion.numpy
+    bins = parse_signature(BIN_PACKING)
+    assert bins.floats == ("item",) and bins.arrays == ("bins",) and bins.numpy
+
+
+@pytest.mark.parametrize("header", [DELETION, CAP_SET, BIN_PACKING])
+def test_candidates_parse_compile_and_keep_the_header(header: str) -> None:
+    sampler = make_sampler({"type": "mutation"})
+    for seed in range(25):
+        result = sampler.sample(request(header, PARENTS[header], samples=4, seed=seed))
+        assert len(result.bodies) == 4 and result.seconds > 0
+        for body in result.bodies:
+            assert body.startswith("    ") and body.endswith("\n")
+            assert trim_completion(body, "priority", header) is not None
+            source = function_source(header, body)
+            compile(source, "<candidate>", "exec")
+            function = parse_function(source)
+            assert function is not None and function.name == "priority"
+            assert ast.unparse(function.args) == ast.unparse(parse_function(header + "\n    pass\n").args)  # type: ignore[union-attr]
+
+
+def test_same_seed_same_answer_other_seeds_differ() -> None:
+    req = request(DELETION, PARENTS[DELETION], samples=6, seed=7)
+    first = MutationSampler().sample(req).bodies
+    assert MutationSampler().sample(req).bodies == first  # a fresh sampler: nothing cached
+    answers = {tuple(MutationSampler().sample(request(DELETION, PARENTS[DELETION], 6, seed)).bodies)
+               for seed in range(10)}
+    assert len(answers) == 10
+    bodies = {body for answer in answers for body in answer}
+    assert len(bodies) >= 40  # 60 candidates, mostly distinct
+
+
+def test_no_parent_copy_and_no_duplicates_in_an_answer() -> None:
+    sampler = MutationSampler()
+    parent_hashes = {body_hash(body, DELETION) for body in PARENTS[DELETION]}
+    for seed in range(20):
+        bodies = sampler.sample(request(DELETION, PARENTS[DELETION], samples=4, seed=seed)).bodies
+        hashes = [body_hash(body, DELETION) for body in bodies]
+        assert len(set(hashes)) == len(hashes)
+        assert not set(hashes) & parent_hashes
+
+
+def test_crossover_uses_both_parents() -> None:
+    sampler = make_sampler({"type": "mutation", "crossover_rate": 1.0})
+    parents = ("    return el[0] * 1234.5 + n\n", "    return sum(el) - 6789.25 * s\n")
+    both = 0
+    for seed in range(40):
+        for body in sampler.sample(request(DELETION, parents, samples=2, seed=seed)).bodies:
+            both += "1234.5" in body and "6789.25" in body
+    assert both >= 5
+    # Without crossover, no candidate mixes the two.
+    plain = make_sampler({"type": "mutation", "crossover_rate": 0.0, "weights": {"fresh": 0.0}})
+    mixed = [body for seed in range(40) for body in plain.sample(request(DELETION, parents, 2, seed)).bodies
+             if "1234.5" in body and "6789.25" in body]
+    assert not mixed
+
+
+def _size(body: str, header: str) -> int:
+    function = parse_function(function_source(header, body))
+    assert function is not None
+    return sum(1 for _ in ast.walk(function))
+
+
+@pytest.mark.parametrize("header", [DELETION, BIN_PACKING])
+def test_size_stays_bounded_over_many_generations(header: str) -> None:
+    sampler = MutationSampler(max_nodes=60)
+    body = PARENTS[header][0]
+    largest = 0
+    for generation in range(150):
+        bodies = sampler.sample(request(header, (body,), samples=2, seed=generation)).bodies
+        body = max(bodies, key=lambda b: _size(b, header))  # always keep the biggest: pushes the bound
+        largest = max(largest, _size(body, header))
+    assert largest <= 60
+    assert largest > 30  # it did grow
+
+
+def test_unparsable_or_missing_parents_still_give_candidates() -> None:
+    sampler = MutationSampler()
+    for parents in [(), ("this is not python",)]:
+        req = SampleRequest(prompt="", parents=parents, function_name="priority", header=CAP_SET, samples=3, seed=1)
+        bodies = sampler.sample(req).bodies
+        assert len(bodies) == 3
+        for body in bodies:
+            compile(function_source(CAP_SET, body), "<c>", "exec")
+
+
+def test_config_is_checked() -> None:
+    assert make_sampler({"type": "mutation", "max_nodes": 50}).name == "mutation"
+    with pytest.raises(ValueError):
+        make_sampler({"type": "mutation", "max_nodez": 50})
+    with pytest.raises(ValueError):
+        MutationSampler(weights={"teleport": 1.0})
+
+
+# A short search, test-only: the candidates run in-process here, never in shipped code.
+
+def deletion_code_size(priority: Callable[..., float], n: int) -> int:
+    """Greedy single-deletion code: words by (-priority, word), kept when their deletion balls are disjoint."""
+    words = list(itertools.product((0, 1), repeat=n))
+    balls = [frozenset(w[:i] + w[i + 1:] for i in range(n)) for w in words]
+    scores = [float(priority(w, n, 1)) for w in words]
+    if any(math.isnan(score) for score in scores):
+        raise ValueError("nan priority")
+    used: set[tuple[int, ...]] = set()
+    size = 0
+    for k in sorted(range(len(words)), key=lambda k: (-scores[k], words[k])):
+        if used.isdisjoint(balls[k]):
+            used |= balls[k]
+            size += 1
+    return size
+
+
+def evaluate(body: str, n: int) -> int | None:
+    namespace: dict[str, object] = {"np": np}
+    try:
+        exec(function_source(DELETION, body), namespace)  # noqa: S102 - test-only search
+        return deletion_code_size(namespace["priority"], n)  # type: ignore[arg-type]
+    except Exception:
+        return None
+
+
+def search(seed: int, budget: int, n: int, target: int) -> tuple[int, int]:
+    """A small programs database: parents drawn from the best score clusters (softmax), shorter
+    programs preferred inside a cluster; returns (best score, evaluations used)."""
+    rng = random.Random(seed)
+    sampler = MutationSampler()
+    start = "    return 0.0\n"
+    programs: dict[str, tuple[str, int]] = {body_hash(start, DELETION): (start, evaluate(start, n) or 0)}
+    evaluations = 1
+    step = 0
+    while evaluations < budget:
+        step += 1
+        clusters: dict[int, list[str]] = {}
+        for body, score in programs.values():
+            clusters.setdefault(score, []).append(body)
+        scores = sorted(clusters)
+        picked = []
+        for _ in range(2):
+            score = rng.choices(scores, weights=[math.exp(s - scores[-1]) for s in scores])[0]
+            members = clusters[score]
+            shortest = min(len(m) for m in members)
+            picked.append((score, rng.choices(members, weights=[math.exp(-(len(m) - shortest) / 40)
+                                                                for m in members])[0]))
+        picked.sort(key=lambda p: p[0])
+        req = request(DELETION, tuple(body for _, body in picked), samples=2, seed=seed * 10_007 + step)
+        for raw in sampler.sample(req).bodies:
+            evaluations += 1
+            candidate = trim_completion(raw, "priority", DELETION)
+            if candidate is None or body_hash(candidate, DELETION) in programs:
+                continue
+            result = evaluate(candidate, n)
+            if result is not None:
+                programs[body_hash(candidate, DELETION)] = (candidate, result)
+                if result >= target:
+                    return result, evaluations
+    return max(score for _, score in programs.values()), evaluations
+
+
+def test_greedy_baseline() -> None:
+    assert deletion_code_size(lambda el, n, s: 0.0, 6) == 8
+    assert deletion_code_size(lambda el, n, s: -(sum(i * x for i, x in enumerate(el, 1)) % (n + 1)), 6) == 10
+
+
+@pytest.mark.slow
+def test_search_improves_deletion_code_from_8_to_10() -> None:
+    best, used = search(seed=1, budget=400, n=6, target=10)
+    assert best == 10, f"best {best} after {used} evaluations"
