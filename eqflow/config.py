@@ -275,6 +275,10 @@ class FunSearchConfig(Model):
     eval_memory_mb: int = Field(default=1024, ge=64, description="memory one evaluation may use, MiB")
     in_flight_per_slot: int = Field(default=2, ge=1, le=64, description="tasks in flight per live sampler or "
                                     "evaluator slot (the cap on work in flight)")
+    selection: Literal["funsearch", "hill_climb", "random"] = Field(
+        default="funsearch", description="how parents are chosen: funsearch (clusters, temperature), hill_climb "
+                                         "(each island's best), random (always the spec's own function: random "
+                                         "search); the last two are baselines for benchmarks")
 
 
 def _default_dbs() -> dict[str, DbConfig]:

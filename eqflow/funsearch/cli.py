@@ -93,6 +93,7 @@ def run(args: argparse.Namespace, prog: str) -> int:
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, out / "config.yaml")
         (out / "spec.py").write_text(spec.text)
+        engine.check_experiment()
         if queue.experiment_status(args.exp_id) == "finished":
             _say(f"{args.exp_id}: finished earlier - nothing to run; outputs drawn again from the database")
             reason = "finished earlier"

@@ -122,6 +122,7 @@ class FunSearch:
     def open(self) -> dict[str, int]:
         """Attach to the experiment: its islands and programs from the database, what finished
         while no ME watched processed, the tasks in flight re-attached; a new one is seeded."""
+        self.check_experiment()
         self.queue.create_experiment(self.exp_id, self._experiment_config())
         self.db.execute("fs_init_islands", {"exp_id": self.exp_id, "n": self.fs.num_islands})
         self._load()
@@ -129,6 +130,19 @@ class FunSearch:
         if self.view.total() == 0 and not self.evaluations and not self._seed_candidates_exist():
             self._seed()
         return recovered
+
+    def check_experiment(self) -> None:
+        """An exp_id already used by another workflow (or another spec) is an error, not a resume."""
+        row = self.db.fetch_one("get_experiment", {"exp_id": self.exp_id})
+        if row is None:
+            return
+        config = row[2] or {}
+        if config.get("workflow") != "funsearch":
+            raise ValueError(f"experiment {self.exp_id!r} exists and is not a FunSearch run "
+                             f"({config.get('workflow', 'Ackley/GPR')}); choose another exp_id")
+        if config.get("spec_sha256") not in (None, self.spec.sha256):
+            raise ValueError(f"experiment {self.exp_id!r} ran another spec (sha256 {config['spec_sha256'][:12]}...); "
+                             f"resume it with the same spec, or choose another exp_id")
 
     def run(self) -> Stop:
         recovered = self.open()
@@ -299,7 +313,7 @@ class FunSearch:
 
     def _submit_sample(self, island_id: int) -> None:
         island = self.view.islands[island_id]
-        parents = self.view.choose_parents(island_id)
+        parents = self._parents(island_id)
         sources = [function_source(self.spec.header, p.body) for p in parents]
         sampler = self.fs.sampler
         prompt = "" if sampler.get("type", "mutation") == "mutation" else self._prompt(sources)
@@ -311,6 +325,14 @@ class FunSearch:
         future = self.queue.submit(self.exp_id, self.sample_type, json.dumps(payload), priority=SAMPLE_PRIORITY,
                                    tag=island_tag(island_id))
         self.samples[future.task_id] = future
+
+    def _parents(self, island_id: int) -> list[Program]:
+        island = self.view.islands[island_id]
+        if self.fs.selection == "hill_climb":
+            return [p] if (p := island.best) is not None else []
+        if self.fs.selection == "random":
+            return [min(island.programs, key=lambda p: p.program_id)] if island.programs else []
+        return self.view.choose_parents(island_id)
 
     def _prompt(self, sources: list[str]) -> str:
         from eqflow.funsearch.prompts import build_prompt

@@ -26,12 +26,12 @@ def write_outputs(db: Any, exp_id: str, spec: Spec, tests: list[dict[str, Any]],
     out.mkdir(parents=True, exist_ok=True)
     programs = db.fetch_all("fs_all_programs", {"exp_id": exp_id})
     current = {row[0] for row in db.fetch_all("fs_current_programs", {"exp_id": exp_id})}
-    best = max(programs, key=lambda r: (r[7], -r[0]), default=None)
+    best = max(programs, key=_rank, default=None)
     if best is not None:
         write_text_atomic(out / "best_program.py", _program_file(spec, best))
     per_island: dict[int, tuple[Any, ...]] = {}
     for row in programs:
-        if row[0] in current and (row[1] not in per_island or row[7] > per_island[row[1]][7]):
+        if row[0] in current and (row[1] not in per_island or _rank(row) > _rank(per_island[row[1]])):
             per_island[row[1]] = row
     if per_island:
         (out / "islands").mkdir(exist_ok=True)
@@ -56,6 +56,11 @@ def write_outputs(db: Any, exp_id: str, spec: Spec, tests: list[dict[str, Any]],
         "sizes": sizes, **(extra or {})}
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _rank(row: tuple[Any, ...]) -> tuple[float, float, int]:
+    """As Program.rank: score, then the total over the tests, then the earlier program."""
+    return (row[7], sum(row[6].values()), -row[0])
 
 
 def _program_file(spec: Spec, row: tuple[Any, ...]) -> str:

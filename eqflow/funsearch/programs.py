@@ -29,6 +29,12 @@ class Program:
     behaviour_hash: str = ""
 
     @property
+    def rank(self) -> tuple[float, float, int]:
+        """Best first by score; among equal scores the higher total over the tests, then the
+        earlier program (so "last"-reduced ties prefer a program that is good everywhere)."""
+        return (self.score, sum(self.scores.values()), -self.program_id)
+
+    @property
     def signature(self) -> tuple[float, ...]:
         return tuple(self.scores[k] for k in sorted(self.scores))
 
@@ -72,8 +78,7 @@ class Island:
 
     @property
     def best(self) -> Program | None:
-        # Earliest registered among the best: deterministic, and the founder of a tie keeps it.
-        return max(self.programs, key=lambda p: (p.score, -p.program_id), default=None)
+        return max(self.programs, key=lambda p: p.rank, default=None)
 
     @property
     def best_score(self) -> float:
@@ -101,7 +106,7 @@ class ProgramsView:
     @property
     def best(self) -> Program | None:
         found = [b for i in self.islands if (b := i.best) is not None]
-        return max(found, key=lambda p: (p.score, -p.program_id), default=None)
+        return max(found, key=lambda p: p.rank, default=None)
 
     def total(self) -> int:
         return sum(len(i.programs) for i in self.islands)
