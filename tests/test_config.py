@@ -156,7 +156,7 @@ def test_unset_variables_name_the_file_and_key(tmp_path, monkeypatch):
 def test_every_shipped_example_validates(example, monkeypatch):
     monkeypatch.delenv("EQFLOW_SERVICE_TOKEN", raising=False)
     cfg = load_workflow_config(example)
-    assert "ackley" in cfg.tasks and cfg.task_queues
+    assert ("ackley" in cfg.tasks or {"sample", "evaluate"} <= set(cfg.tasks)) and cfg.task_queues
 
 
 def test_examples_were_found():

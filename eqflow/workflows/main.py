@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None, prog: str = "eqflow run") -> int:
     try:
         path = config_path(args)
         cfg = load_workflow_config(path)
+        if cfg.funsearch is not None:
+            raise ConfigError(f"{path} is a FunSearch config: run it with `eqflow funsearch run {args.exp_id} "
+                              f"--cfg {path}`")
         run_db_commands(cfg, "start")
         queue = open_queue(cfg, cfg.tasks["ackley"].queue, announce=_say)
     except ConfigError as exc:
