@@ -206,3 +206,19 @@ def test_load_errors(tmp_path: Path) -> None:
                                           "def e(n):\n    return 0\n@funsearch.evolve\ndef p(n):\n    return 0\n"))
     with pytest.raises(SpecError, match="failed to import: ModuleNotFoundError"):
         spec.module()
+
+
+def test_two_space_spec_keeps_its_indentation() -> None:
+    text = ('"""Two-space indentation, as in DeepMind\'s specs."""\nimport funsearch\n\n@funsearch.run\n'
+            'def evaluate(n):\n  return priority(n)\n\n@funsearch.evolve\ndef priority(n):\n  """Doc."""\n'
+            '  if n:\n    return 1.0\n  return 0.0\n\n\ndef score(solution, n):\n  return float(solution)\n')
+    spec = Spec.from_text(text, "two_space")
+    assert spec.initial_body == "    if n:\n      return 1.0\n    return 0.0"  # first level 4, nesting as written
+    body = "    x = n * 2\n    if x:\n        return 3.0\n    return 0.0"
+    program = spec.program(body)
+    assert '  """Doc."""\n  x = n * 2\n  if x:\n' in program  # the body's first level matches the docstring
+    assert Spec.from_text(program, "again").initial_body == body
+    namespace: dict = {}
+    exec(program.replace("import funsearch", "funsearch = type('m', (), {'run': staticmethod(lambda f: f), "
+                                             "'evolve': staticmethod(lambda f: f)})"), namespace)
+    assert namespace["evaluate"](1) == 3.0

@@ -39,6 +39,7 @@ from typing import Any
 
 MAX_ERROR_CHARS = 4000
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 # Modules a candidate may import. The child runs as an unprivileged uid that may not be able to
 # read the interpreter's files (a pyenv under /root), so they are imported before any fork.
@@ -487,6 +488,9 @@ def main() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphaned descendants come back to us to reap
+    # Without a uid of their own (unprivileged runs), candidates share ours: not dumpable means they
+    # cannot ptrace us or open our /proc files (memory, pipes).
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     init = read_message(in_fd, None)
     if init is None:
         return

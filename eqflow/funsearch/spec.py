@@ -94,6 +94,7 @@ class Spec:
     # Lines (0-based, end exclusive) of the evolved function's body after its docstring.
     body_start: int = field(repr=False)
     body_end: int = field(repr=False)
+    body_indent: str = field(repr=False)  # the spec's own indentation of that body
     _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -136,6 +137,8 @@ class Spec:
         if body_start >= body_end or any(_start(stmt) < body_start for stmt in rest):
             raise SpecError(f"spec {name}: put the body of {evolve.name} on its own lines")
         initial_body = textwrap.indent(textwrap.dedent("\n".join(lines[body_start:body_end])), "    ")
+        first_line = lines[_start(first)]
+        body_indent = first_line[: len(first_line) - len(first_line.lstrip())]
         imports = [
             ast.get_source_segment(text, node) or ""
             for node in tree.body
@@ -145,13 +148,14 @@ class Spec:
             name=name, text=text, docstring=ast.get_docstring(tree) or "", imports="\n".join(imports),
             function_name=evolve.name, header=header, function_docstring=function_docstring,
             initial_body=initial_body, run_name=run.name, sha256=hashlib.sha256(text.encode()).hexdigest(),
-            body_start=body_start, body_end=body_end,
+            body_start=body_start, body_end=body_end, body_indent=body_indent,
         )
 
     def program(self, body: str) -> str:
-        """The spec's text with the evolved function's body (after its docstring) replaced."""
+        """The spec's text with the evolved function's body (after its docstring) replaced; ``body``
+        may be indented any way (it is re-indented to match the spec)."""
         lines = self.text.splitlines()
-        new_body = textwrap.indent(textwrap.dedent(body.strip("\n")), "    ").splitlines()
+        new_body = textwrap.indent(textwrap.dedent(body.strip("\n")), self.body_indent).splitlines()
         out = lines[: self.body_start] + new_body + lines[self.body_end:]
         return "\n".join(out) + "\n"
 
