@@ -25,8 +25,12 @@ DELETE FROM sweep_searches WHERE exp_id = %(exp_id)s;
 SELECT name, local_dir, generation, asha FROM sweep_experiments WHERE exp_id = %(exp_id)s;
 
 -- name: sweep_experiment_create
-INSERT INTO sweep_experiments (exp_id, name, local_dir, generation, asha)
-VALUES (%(exp_id)s, %(name)s, %(local_dir)s, %(generation)s, %(asha)s);
+INSERT INTO sweep_experiments (exp_id, name, local_dir, generation, asha, train, runtime)
+VALUES (%(exp_id)s, %(name)s, %(local_dir)s, %(generation)s, %(asha)s, %(train)s, %(runtime)s);
+
+-- name: sweep_experiment_refresh
+-- restore=True: the same trials, this driver's train function and import path.
+UPDATE sweep_experiments SET train = %(train)s, runtime = %(runtime)s WHERE exp_id = %(exp_id)s;
 
 -- name: sweep_experiment_delete
 -- Trials, metrics and rung records go with it (ON DELETE CASCADE).
@@ -56,7 +60,7 @@ SET status = 'running', started_at = coalesce(s.started_at, clock_timestamp())
 FROM sweep_experiments e
 WHERE s.exp_id = %(exp_id)s AND s.trial_id = %(trial_id)s AND e.exp_id = s.exp_id
   AND e.generation = %(generation)s AND s.status IN ('scheduled', 'running')
-RETURNING e.asha;
+RETURNING e.asha, e.train, e.runtime, s.cfg;
 
 -- name: sweep_trial_finish
 UPDATE sweep_trials SET status = %(status)s, error = %(error)s, ended_at = clock_timestamp()

@@ -42,7 +42,7 @@ class SweepPools:
         return proc
 
     def _popen(self, spec: PoolSpec, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        environ = dict(os.environ, EQFLOW_LAUNCHER="local", **spec.environment(), **env)
+        environ = {**os.environ, "EQFLOW_LAUNCHER": "local", **spec.environment(), **env}
         out: int | object = subprocess.DEVNULL
         handle = None
         if self.log_dir is not None:

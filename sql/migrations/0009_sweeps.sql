@@ -23,6 +23,8 @@ CREATE TABLE sweep_experiments (
     local_dir   text NOT NULL,
     generation  text NOT NULL,
     asha        jsonb,          -- NULL: no pruning
+    train       text NOT NULL,  -- the train function, pickled by reference (base64)
+    runtime     jsonb NOT NULL DEFAULT '{}'::jsonb,  -- the driver's script and import path
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 
