@@ -149,6 +149,47 @@
     },
   });
 
+  // FunSearch (eqflow.funsearch.engine): evaluations, programs, the best score and its per-test
+  // values, work in flight, cache hits and resets; the best score and the programs over time.
+  register({
+    name: "funsearch", title: "FunSearch progress", keys: ["evaluated", "programs", "best", "best_scores"],
+    render(body, latest, history) {
+      const pairs = [["evaluated", latest.evaluated], ["programs", latest.programs], ["best score", latest.best],
+                     ["in flight (samples / evaluations)", `${fmt(latest.samples_in_flight)} / ${fmt(latest.evaluations_in_flight)}`],
+                     ["cache hits", latest.cache_hits], ["unparsed", latest.unparsed], ["resets", latest.resets]];
+      const parts = [kv(pairs)];
+      const perTest = latest.best_scores || {};
+      if (Object.keys(perTest).length) {
+        const table = h("table", { class: "per-test", id: "funsearch-tests" });
+        const head = h("tr");
+        head.appendChild(h("th", {}, "test"));
+        head.appendChild(h("th", {}, "best program's score"));
+        table.appendChild(head);
+        for (const [test, value] of Object.entries(perTest)) {
+          const row = h("tr");
+          row.appendChild(h("td", {}, test));
+          row.appendChild(h("td", {}, fmt(value)));
+          table.appendChild(row);
+        }
+        parts.push(h("h4", {}, "Per test"), table);
+      }
+      const scored = history.filter((e) => e.best !== null && e.best !== undefined);
+      if (scored.length) {
+        const plot = h("div", { class: "chart", id: "funsearch-best-chart" });
+        parts.push(h("h4", {}, "Best score so far"), plot);
+        chart(plot, scored.map((e) => e.at), [{ name: "best", color: "#5b4fc4", values: scored.map((e) => e.best) }],
+              { height: 150, ymin: Math.min(...scored.map((e) => e.best)), label: "best score so far" });
+        const counts = h("div", { class: "chart", id: "funsearch-count-chart" });
+        parts.push(h("h4", {}, "Evaluations and programs"), counts);
+        chart(counts, scored.map((e) => e.at), [
+          { name: "evaluated", color: "#2a9d8f", values: scored.map((e) => e.evaluated) },
+          { name: "programs", color: "#e76f51", values: scored.map((e) => e.programs) }],
+              { height: 150, label: "evaluations and programs" });
+      }
+      body.replaceChildren(...parts);
+    },
+  });
+
   window.eqflowPanels = { register, choose, generic, list: panels };
   window.eqflowUI = { h, s, fmt, short, clock, chart, kv };
 })();
