@@ -421,7 +421,14 @@ class Server:
                         with contextlib.suppress(ProcessLookupError, PermissionError):
                             os.kill(other, signal.SIGKILL)
             else:
-                left = 0  # the process group was all we could reach
+                # The process group is all we can reach; its killed members come back to us (the
+                # subreaper) to be reaped, so loop until the group is gone.
+                self._kill_group(pid)
+                left = 1
+                try:
+                    os.killpg(pid, 0)
+                except (ProcessLookupError, PermissionError):
+                    left = 0
             _reap()
             if not left:
                 return
