@@ -337,9 +337,9 @@ class Server:
             data = json.dumps(result, default=_jsonable).encode()
         except MemoryError:
             data = b'{"status": "memory"}'
-        except BaseException:  # SystemExit and KeyboardInterrupt from a candidate are errors too
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt from a candidate are errors too
             try:
-                data = json.dumps({"status": "error", "error": trim(traceback.format_exc())}).encode()
+                data = json.dumps({"status": "error", "error": trim(_traceback(exc))}).encode()
             except BaseException:
                 data = b'{"status": "error", "error": "candidate failed (no traceback)"}'
         if os.getpid() != me:  # a process the candidate forked: only the child itself reports
@@ -433,6 +433,13 @@ class Server:
             if not left:
                 return
             time.sleep(0.005)
+
+
+def _traceback(exc: BaseException) -> str:
+    """The traceback without the server's own frames: the spec's and the candidate's lines."""
+    summary = traceback.TracebackException.from_exception(exc)
+    summary.stack = traceback.StackSummary.from_list([frame for frame in summary.stack if frame.filename != __file__])
+    return "".join(summary.format())
 
 
 def _jsonable(value: Any) -> Any:
