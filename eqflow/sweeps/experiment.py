@@ -346,7 +346,7 @@ class Experiment:
         if self.slurm_cfg is None:
             spec = PoolSpec([self.task_type], fn=TRIAL_FN, name=name, workers=workers)
         else:  # each worker starts its trial as a job step of this allocation
-            cmd = f"{self.slurm_cfg.srun()} {sys.executable} -m eqflow.sweeps.trial {{payload}}"
+            cmd = f"{self.slurm_cfg.srun()} {sys.executable} -m eqflow.sweeps.step {{payload}}"
             spec = PoolSpec([self.task_type], cmd=cmd, name=name, workers=workers, threads=True)
         pools.start(spec, {"EQFLOW_LAUNCHER": "slurm" if self.slurm_cfg else "local"})
 

@@ -7,7 +7,7 @@ the trial is stopped. The trial records its own end: completed, pruned, or faile
 traceback (a crash is a failure, never a pruning). A worker that dies records nothing: its task's
 lease runs out, the task is retried, and after ``max_attempts`` the driver fails the trial.
 
-Run as a module it is the SLURM job step of a trial: ``python -m eqflow.sweeps.trial PAYLOAD``.
+A trial run as a SLURM job step goes through ``python -m eqflow.sweeps.step PAYLOAD``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import json
 import logging
 import numbers
 import os
-import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,17 +171,3 @@ def run_trial(payload: str) -> str:
 
 def _call(train: Any, cfg: dict[str, Any]) -> None:
     train(cfg)  # what it returns is not recorded: metrics go through log()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """A trial as a SLURM job step: the result JSON on stdout, the train output in its log."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m eqflow.sweeps.trial PAYLOAD_JSON", file=sys.stderr)
-        return 2
-    print(run_trial(args[0]), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
