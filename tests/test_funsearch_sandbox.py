@@ -276,3 +276,18 @@ def test_weaker_isolations_still_contain_candidates(spec: Spec, kind: str) -> No
             process.send_signal(signal.SIGKILL)
         outer.wait(timeout=10)
         assert_still_good(box)
+
+
+def test_sandbox_made_in_a_short_lived_thread_keeps_its_server(spec: Spec) -> None:
+    made: list[Sandbox] = []
+    maker = threading.Thread(target=lambda: made.append(Sandbox(spec, TESTS, LIMITS)))
+    maker.start()
+    maker.join()
+    box = made[0]
+    try:
+        pid = box.server_pid
+        time.sleep(0.3)  # a server tied to the finished thread would be dead by now
+        assert_still_good(box)
+        assert box.server_pid == pid
+    finally:
+        box.close()

@@ -11,19 +11,21 @@ wall timeout, kills everything of the sandbox uid the candidate left behind, and
 solution with the spec's trusted ``score``. If the server dies, the evaluation in flight is an
 error and the next one starts a new server.
 
-Caveat: the server dies with the thread that started it (``--die-with-parent`` and
-``PR_SET_PDEATHSIG`` follow the parent thread), so keep a Sandbox in a long-lived thread; a
-restarted server is correct, only slower.
+Servers are started from one long-lived thread of the evaluator's process: ``--die-with-parent``
+and ``PR_SET_PDEATHSIG`` fire when the *thread* that started a process exits, so a Sandbox made in
+a short-lived worker thread would otherwise lose its server with that thread.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import functools
 import logging
 import os
 import pwd
+import queue
 import shutil
 import site
 import subprocess
@@ -188,6 +190,37 @@ def isolation_available() -> str:
     return isolations()[0].describe()
 
 
+class _Spawner:
+    """Starts processes from one daemon thread that lives as long as the process (see the module
+    docstring for why)."""
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue[tuple[list[str], dict[str, Any], concurrent.futures.Future[Any]]] = (
+            queue.SimpleQueue())
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def popen(self, command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, name="eqflow-sandbox-spawner", daemon=True)
+                self._thread.start()
+        done: concurrent.futures.Future[subprocess.Popen[bytes]] = concurrent.futures.Future()
+        self._requests.put((command, kwargs, done))
+        return done.result()
+
+    def _serve(self) -> None:
+        while True:
+            command, kwargs, done = self._requests.get()
+            try:
+                done.set_result(subprocess.Popen(command, **kwargs))
+            except BaseException as exc:
+                done.set_exception(exc)
+
+
+_spawner = _Spawner()
+
+
 class _UidSlot:
     """An exclusive sandbox uid, held with a lock file, so that killing everything of the uid
     only ever hits this sandbox's processes."""
@@ -265,8 +298,8 @@ class Sandbox:
     def _start(self) -> None:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (kept for the server's lifetime)
         started = time.monotonic()
-        self._proc = subprocess.Popen(self._command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=self._stderr, env={}, bufsize=0, close_fds=True)
+        self._proc = _spawner.popen(self._command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=self._stderr, env={}, bufsize=0, close_fds=True)
         init = {
             "spec_text": self.spec.text, "spec_name": self.spec.name, "function_name": self.spec.function_name,
             "header": self.spec.header, "run_name": self.spec.run_name, "tests": self.tests,
