@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +268,50 @@ def _no_pools_left(db_url: str) -> Any:
     # A killed ME leaves its pools running: stop whatever still serves this database.
     with LocalTaskQueue(db_url, create_db=False) as queue:
         queue.stop_pools([SAMPLE, EVALUATE], mode="now")
+
+
+HOSTILE = {
+    "loop": ("    while True:\n        pass", {"timeout"}),
+    "memory": ("    x = bytearray(10 * 1024 ** 3)\n    return 0.0", {"memory"}),
+    "fork bomb": ("    import os\n    while True:\n        os.fork()", {"timeout", "error"}),
+    "kill parent": ("    import os, signal\n    os.kill(os.getppid(), signal.SIGKILL)\n    return 0.0", {"error"}),
+    "exit": ("    import os\n    os._exit(0)", {"error"}),
+    "raise": ("    raise RuntimeError('candidate says no')", {"error"}),
+}
+
+
+def test_an_evaluator_pool_survives_hostile_candidates(queue: LocalTaskQueue, tmp_path: Path) -> None:
+    """A real evaluator pool process runs each hostile body; every task completes with the right
+    status, the pool is still there afterwards, and a sound body still scores."""
+    fs = engine(queue, tmp_path, eval_timeout_s=3)
+    fs.open()  # the seed's evaluation task is queued too
+    payloads = [json.dumps({**fs.eval_payload, "body": body}) for body, _ in HOSTILE.values()]
+    futures = queue.submit_many("hostile", EVALUATE, payloads)
+    pool = subprocess.Popen([sys.executable, "-m", "eqflow.cli", "pool", "run", "--types", str(EVALUATE), "--fn",
+                             "eqflow.funsearch.tasks:evaluate", "--db", queue.url, "--workers", "1",
+                             "--name", "evaluators", "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ,
+                                                                                    "PYTHONPATH": str(REPO)})
+    try:
+        for (name, (_, expected)), future in zip(HOSTILE.items(), futures, strict=True):
+            outcome = json.loads(future.result(timeout=120))
+            assert outcome["status"] in expected, (name, outcome)
+        assert pool.poll() is None, "the pool died"
+        good = queue.submit("hostile", EVALUATE, json.dumps({**fs.eval_payload, "body": "    return 0.0"}))
+        assert json.loads(good.result(timeout=60))["scores"] == {'{"n":6,"s":1}': 8.0}
+        assert pool.poll() is None
+    finally:
+        pool.send_signal(signal.SIGTERM)
+        pool.wait(timeout=60)
+
+
+def test_the_same_sampler_and_evaluator_search_cap_sets(queue: LocalTaskQueue, tmp_path: Path) -> None:
+    """A second problem, nothing but the spec changed: the lexicographic greedy gives a 16-point
+    cap in F_3^4; the search must find a larger one (the maximum is 20)."""
+    cfg = config(queue.url, tmp_path, spec="cap_set", tests=[{"n": 4}], targets=[18], optimal_solution_programs=0,
+                 max_seconds=150)
+    fs = FunSearch(queue, cfg, "caps", out=tmp_path / "caps", progress=False)
+    stop = fs.run()
+    assert stop.reason.startswith("targets reached"), stop
+    summary = write_outputs(queue.db, "caps", fs.spec, fs.tests, tmp_path / "caps")
+    assert summary["sizes"][0]["size"] >= 18 and summary["sizes"][0]["known"] == 20
