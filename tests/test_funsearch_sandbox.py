@@ -291,3 +291,14 @@ def test_sandbox_made_in_a_short_lived_thread_keeps_its_server(spec: Spec) -> No
         assert box.server_pid == pid
     finally:
         box.close()
+
+
+def test_numpy_candidates_run() -> None:
+    cap = Spec.load("cap_set")
+    with Sandbox(cap, [{"n": 4}], LIMITS) as box:
+        body = ("    import numpy as np\n"
+                "    a = np.random.default_rng(sum(el)).random((40, 40))\n"
+                "    return float(np.linalg.eigvalsh(a @ a.T)[-1] % 1)")
+        result = box.evaluate(body)
+        assert result.status == "ok", result.error
+        assert 0 < result.scores['{"n":4}'] <= 20  # a cap set of F_3^4, whatever order numpy gave

@@ -498,7 +498,10 @@ def main() -> None:
     os.dup2(devnull, 0)
     os.close(devnull)
     os.dup2(2, 1)
+    # Single-threaded numerical libraries: the server forks, and a candidate's threads count
+    # against its process limit. The environment is emptied once they are loaded.
     os.environ.clear()
+    os.environ.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphaned descendants come back to us to reap
@@ -513,6 +516,7 @@ def main() -> None:
     except BaseException:
         write_all(out_fd, encode({"ok": False, "error": trim(traceback.format_exc())}))
         return
+    os.environ.clear()
     write_all(out_fd, encode({"ok": True, "uid": server.uid}))
     while True:
         request = read_message(in_fd, None)
