@@ -1,15 +1,19 @@
 """Evaluating untrusted candidate functions: a sandbox server process per evaluator.
 
-Candidate code never runs in the evaluator's process. A ``Sandbox`` starts
-``_sandbox_server.py`` with an empty environment, inside bubblewrap when it works here (no network,
-read-only filesystem, private /tmp, pid namespace), else inside ``unshare --net`` (root), else with
-rlimits only. The server imports the spec once and calls its ``prepare``; for each candidate it
-forks a child that drops to a per-sandbox uid (60000 + slot, when the server is root), applies
-rlimits (CPU, address space, processes, open files, file size), works in a fresh temporary
-directory, and runs the spec's run function with the candidate defined. The server enforces the
-wall timeout, kills everything of the sandbox uid the candidate left behind, and scores each
-solution with the spec's trusted ``score``. If the server dies, the evaluation in flight is an
-error and the next one starts a new server.
+Candidate code never runs in the evaluator's process. A ``Sandbox`` starts ``_sandbox_server.py``
+with an empty environment, inside bubblewrap when it works here (no network, read-only filesystem,
+private /tmp, /run and home directories, pid namespace), else inside ``unshare --net --pid`` (root),
+else with rlimits only. The server imports the spec once and calls its ``prepare``; for each
+candidate it forks a child that drops to a per-sandbox uid (60000 + slot, when the server is root),
+applies rlimits (CPU, address space, processes, open files, file size), works in a fresh temporary
+directory, and runs the spec's run function with the candidate defined. The server enforces the wall
+timeout, kills everything of the sandbox uid the candidate left behind, and scores each solution
+with the spec's trusted ``score``. If the server dies, the evaluation in flight is an error and the
+next one starts a new server.
+
+Statuses: ``ok`` (scores per test key), ``error`` (syntax error, exception, crash; the traceback
+in ``error``), ``timeout`` (wall or CPU limit), ``memory`` (address-space limit), ``invalid`` (a
+solution failed the spec's checker).
 
 Servers are started from one long-lived thread of the evaluator's process: ``--die-with-parent``
 and ``PR_SET_PDEATHSIG`` fire when the *thread* that started a process exits, so a Sandbox made in
