@@ -49,6 +49,13 @@ def crashing_train(cfg: dict[str, Any]) -> None:
     log({"loss": 0.5}, 1)
 
 
+def dying_train(cfg: dict[str, Any]) -> None:
+    log({"loss": 1.0}, 0)
+    if cfg["parameter"] > 1.5:
+        os.kill(os.getpid(), signal.SIGKILL)  # the worker dies: nothing recorded by the trial
+    log({"loss": 0.5}, 1)
+
+
 def slow_train(cfg: dict[str, Any]) -> None:
     for epoch in range(8):
         time.sleep(0.25)
@@ -125,6 +132,20 @@ def test_a_crashed_trial_is_failed_not_pruned(db_url, tmp_path):
     # the trial ran once: a crash is not retried
     [(attempts,)] = sql(db_url, "SELECT max(attempts) FROM tasks")
     assert attempts == 1
+
+
+def test_a_trial_whose_worker_dies_is_retried_then_failed(db_url, tmp_path):
+    exp = Experiment(dying_train, {"parameter": Grid([1.0, 2.0])}, name="Dies", local_dir=tmp_path,
+                     db_url=db_url, stream=io.StringIO(), max_attempts=2)
+    exp.run(max_concurrent_trials=2, summary_interval_in_sec=1.0)
+    exp.close()
+    by_param = {t.cfg["parameter"]: t for t in Result("Dies", tmp_path, db_url=db_url).trials}
+    assert by_param[1.0].status is Status.COMPLETED
+    dead = by_param[2.0]
+    assert dead.status is Status.FAILED and "worker process" in dead.error  # killed by SIGKILL, or lost
+    [(attempts,)] = sql(db_url, "SELECT attempts FROM tasks t JOIN sweep_trials s ON s.task_id = t.task_id "
+                                "WHERE s.trial_id = %s", (dead.trial_id,))
+    assert attempts == 2  # run again once, then failed for good
 
 
 def _decide_rows(db_url: str) -> list[tuple[Any, ...]]:

@@ -30,6 +30,7 @@ from eqflow.sweeps.config import BinarySearchConfig, GridSearchConfig, InvalidCo
 from eqflow.sweeps.gpus import GPUJob, GPUJobResult, visible_gpus
 from eqflow.sweeps.pools import SweepPools
 from eqflow.workers.launchers import PoolSpec
+from eqflow.workflows.runkit import Progress
 
 log = logging.getLogger("eqflow.sweeps")
 
@@ -64,6 +65,18 @@ class _Search:
     outcome: Any = None
 
     # -- the algorithm --------------------------------------------------------------------
+    def jobs_left(self) -> int:
+        """Jobs this search has still to run (for the progress display)."""
+        per_round = len(_props_product(self.config.sweep_props))
+        if self.finished:
+            return 0
+        if self.kind == "grid":
+            return 0 if self.state.get("done") else per_round
+        rounds, width = 0, self.state["hi"] - self.state["lo"]
+        while width > self.config.precision:
+            rounds, width = rounds + 1, width / 2
+        return rounds * per_round
+
     def next_round(self) -> list[dict[str, Any]] | None:
         """The props of the next round's jobs, or None when the search is over."""
         if self.kind == "grid":
@@ -167,7 +180,7 @@ class SearchDriver:
 
     def __init__(self, kind: str, configs: Sequence[Any], max_gpus: int | None, jobs_per_gpu: int | None, *,
                  db_url: str | None, start_pools: bool, resume: bool, task_type: int,
-                 poll_s: float) -> None:
+                 poll_s: float, progress: bool = True) -> None:
         expected = GridSearchConfig if kind == "grid" else BinarySearchConfig
         for config in configs:
             if not isinstance(config, expected):
@@ -180,6 +193,8 @@ class SearchDriver:
         self.max_gpus, self.jobs_per_gpu = max_gpus, jobs_per_gpu
         self.queue = LocalTaskQueue(db_url)
         self.start_pools, self.resume, self.task_type, self.poll_s = start_pools, resume, task_type, poll_s
+        self.progress = progress
+        self.errors = 0  # jobs that raised or were lost, in this run
         self.pools = SweepPools(self.queue.url)
         self.script = refs.main_path()
         self.path = refs.driver_path()
@@ -244,6 +259,7 @@ class SearchDriver:
         else:  # failed for good (its worker lost max_attempts times) or canceled
             outcome = GPUJobResult(None, error or f"task {status}", None, None, job)
         search.outcomes[index] = outcome
+        self.errors += outcome.success is None
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> list[Any]:
@@ -251,6 +267,9 @@ class SearchDriver:
         self.queue.rescue_expired()  # a killed driver's pool may have left expired leases
         searches = [self._load(c) for c in self.configs]
         watch = self.queue.watch_completions({s.exp_id for s in searches})
+        total = sum(s.jobs_left() for s in searches)
+        bar = Progress(total, f"{self.kind} searches", enabled=self.progress and total > 0, interval=10.0)
+        done = 0
         try:
             active = [s for s in searches if not s.finished and self._submit(s)]
             for s in searches:
@@ -269,13 +288,20 @@ class SearchDriver:
                     if search is None or task_id not in search.pending:
                         continue
                     self._settle(search, task_id, status, result, error)
+                    done += 1
                     if not search.pending:
                         self._round_done(search, started)
                         watch.candidates = None  # new tasks: look at everything next time
                 active = [s for s in active if s.pending]
+                left = sum(len(s.pending) + s.jobs_left() for s in active)
+                bar.total = max(bar.total, done + left)
+                if bar.bar is not None:
+                    bar.bar.total = bar.total
+                bar.update(done, searches_left=len(active), errors=self.errors)
                 if active and self.start_pools:
                     self.pools.revive()
         finally:
+            bar.close()
             watch.close()
             self.pools.stop()
             self.queue.close()
@@ -324,7 +350,7 @@ def _run(kind: str, configs: Sequence[Any], max_gpus: int | None, simultaneous_j
     driver = SearchDriver(kind, configs, max_gpus, simultaneous_jobs_per_gpu,
                           db_url=options.get("db_url"), start_pools=options.get("start_pools", True),
                           resume=options.get("resume", True), task_type=options.get("task_type", JOB_TASK_TYPE),
-                          poll_s=options.get("poll_s", 5.0))
+                          poll_s=options.get("poll_s", 5.0), progress=options.get("progress", True))
     return driver.run()
 
 
@@ -334,7 +360,7 @@ def run_grid_searches(configs: Sequence[GridSearchConfig], max_gpus: int | None 
 
     options: ``db_url`` (default ``$EQFLOW_DB_URL`` or the embedded cluster), ``start_pools``
     (False: pools started elsewhere serve ``task_type``), ``resume`` (False: start over),
-    ``task_type`` (default 9100).
+    ``task_type`` (default 9100), ``progress`` (False: no progress bar or status lines).
     """
     return _run("grid", configs, max_gpus, simultaneous_jobs_per_gpu, **options)
 
