@@ -20,6 +20,7 @@ from eqflow.sweeps import (
     GPUJobResult,
     GridSearchConfig,
     InvalidConfigurationError,
+    main,
     pydraclass,
     run_binary_searches,
     run_grid_searches,
@@ -101,6 +102,20 @@ def test_strict_configs_name_unknown_attributes_and_take_overrides():
         ThresholdSearch(base_dir="x", prop="value", range=(5, 1), precision=1.0).finalize()
     with pytest.raises(InvalidConfigurationError, match="no attribute 'bogus'"):
         cfg.apply_overrides(["bogus=1"])
+    nested = ThresholdSearch(base_dir="x", prop="value", range=(10, 100), precision=1.0,
+                             base_experiment_config=ProbeConfig())
+    seen = []
+    command = main(ThresholdSearch)(seen.append)
+    with pytest.raises(InvalidConfigurationError, match="ProbeConfig has no attribute 'sed'"):
+        nested.apply_overrides(["base_experiment_config.sed=5"])
+    nested.apply_overrides(["base_experiment_config.seed=5", "base_experiment_config.record=log.txt"])
+    assert (nested.base_experiment_config.seed, nested.base_experiment_config.record) == (5, "log.txt")
+    nested.finalize()
+    assert nested.base_experiment_config._finalized  # nested configs finalised with their parent
+    command(["base_dir=cli", "prop=value", "range=(1, 9)", "precision=0.5"])
+    assert seen[0].range == (1, 9) and seen[0].base_dir == "cli" and seen[0]._finalized
+    with pytest.raises(InvalidConfigurationError, match="ThresholdSearch.prop is required"):
+        main(ThresholdSearch)(seen.append)(["base_dir=cli"])
 
 
 def test_gpus_from_the_environment(monkeypatch):

@@ -63,7 +63,7 @@ def _finalize(self: Any) -> Any:
 
 
 def _finalize_value(value: Any) -> None:
-    if is_config(value) or (hasattr(value, "finalize") and callable(value.finalize) and not isinstance(value, type)):
+    if is_config(value):
         value.finalize()
     elif isinstance(value, (list, tuple, set)):
         for item in value:
@@ -179,7 +179,9 @@ class _BaseSearchConfig:
 
     def _get_experiment_config_and_base_dir(self, **prop_values: Any) -> tuple[Any, str]:
         config, base_dir = self.get_experiment_config_and_base_dir(**prop_values)
-        _finalize_value(config)  # in case the subclass forgot
+        finalize = getattr(config, "finalize", None)
+        if callable(finalize) and not isinstance(config, type):
+            finalize()  # in case the subclass forgot
         return config, str(base_dir)
 
 
