@@ -28,6 +28,7 @@ from eqflow.errors import DatabaseUnavailable, InvalidInput
 from eqflow.logs import setup_logging
 from eqflow.metrics import PoolMetrics
 from eqflow.models import ClaimedTask, StopMode
+from eqflow.notify import Inbox
 from eqflow.queue import LocalTaskQueue
 from eqflow.workers.gpu import detect_gpus, slot_devices
 from eqflow.workers.slots import Slot, TaskSpec, load_function, run_task
@@ -127,6 +128,7 @@ class Pool:
                         break
                     if cfg.idle_exit_s is not None and time.monotonic() - self._idle_since > cfg.idle_exit_s:
                         break
+                    self._rest(work_inbox, news)
                     continue
                 outcomes = runner.collect(timeout=0.05)
                 self._dispatch(runner)  # keep workers busy while the results are reported
@@ -160,6 +162,13 @@ class Pool:
         self._starved_since = time.monotonic() if len(claimed) < want else None
         if claimed:
             self._idle_since = time.monotonic()
+
+    def _rest(self, work_inbox: Inbox, news: bool) -> None:
+        """Nothing in hand and no news since the last short claim: sleep until new work is
+        announced (or the next look), instead of spinning through the loop at 100 % CPU."""
+        if self._starved_since is not None and self._stop_mode is None and not news and \
+                work_inbox.wait(min(self.cfg.heartbeat_s, 1.0))[2]:
+            self._starved_since = None
 
     def _take_stop_messages(self, claimed: list[ClaimedTask]) -> list[ClaimedTask]:
         """The claimed tasks that are work. EQ-SQL's stop_worker_pool queues an EQ_STOP task
