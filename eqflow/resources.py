@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass
 
 import psutil
@@ -61,3 +63,44 @@ class ResourceProbe:
             return states
         finally:
             pynvml.nvmlShutdown()
+
+
+class ProcessCpu:
+    """CPU use of processes with their children (a pool and its worker processes), in percent of
+    one core, between two calls; a process seen for the first time is measured over ``prime_s``."""
+
+    def __init__(self, prime_s: float = 0.5) -> None:
+        self.prime_s = prime_s
+        self._procs: dict[int, psutil.Process] = {}
+
+    def _tree(self, pid: int) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(pid)
+            members = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+        tree = []
+        for proc in members:
+            known = self._procs.get(proc.pid)
+            if known is None or known.create_time() != proc.create_time():
+                self._procs[proc.pid] = known = proc
+            tree.append(known)
+        return tree
+
+    def percent(self, pids: list[int]) -> dict[int, float]:
+        trees = {pid: self._tree(pid) for pid in pids}
+        fresh = [p for tree in trees.values() for p in tree if not hasattr(p, "_eqflow_seen")]
+        if fresh:  # psutil measures since the last call: give new processes a short interval
+            for proc in fresh:
+                with contextlib.suppress(psutil.Error):
+                    proc.cpu_percent(None)
+                proc._eqflow_seen = True  # type: ignore[attr-defined]
+            time.sleep(self.prime_s)
+        out = {}
+        for pid, tree in trees.items():
+            total = 0.0
+            for proc in tree:
+                with contextlib.suppress(psutil.Error):
+                    total += proc.cpu_percent(None)
+            out[pid] = total
+        return out
