@@ -76,7 +76,8 @@ def _strip_docstring(body: str) -> str:
 
 
 def _quoted(text: str) -> str:
-    return '"""' + text.replace('"""', r"\"\"\"") + '"""'
+    text = text.replace('"""', r"\"\"\"")
+    return f'"""{text}\n"""' if "\n" in text else f'"""{text}"""'
 
 
 def _version(spec: Any, source: str, version: int) -> str:

@@ -26,6 +26,7 @@ or ``model`` is a local folder) means nothing is fetched. Needs ``pip install 'e
 
 from __future__ import annotations
 
+import logging
 import os
 import queue as queue_mod
 import re
@@ -36,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from eqflow.funsearch.samplers import SampleRequest, SampleResult, register
+
+log = logging.getLogger("eqflow.funsearch.transformers")
 
 DEFAULTS: dict[str, Any] = {
     "temperature": 0.944,
@@ -106,6 +109,7 @@ class TransformersSampler:
             local_files_only = _offline() or Path(self.model_name).is_dir()
         self.device = self._pick_device(device)
         self.dtype = self._pick_dtype(dtype)
+        loading = time.perf_counter()
         common = {"local_files_only": local_files_only, "trust_remote_code": trust_remote_code}
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_name, **common)
         self.tokenizer.padding_side = "left"  # generation continues the prompt's last token
@@ -120,6 +124,9 @@ class TransformersSampler:
         if not spread:
             self.model.to(self.device)
         self.model.eval()
+        log.info("model loaded", extra={"model": self.model_name, "device": str(self.device),
+                                        "dtype": str(self.dtype).replace("torch.", ""), "spread": spread,
+                                        "seconds": round(time.perf_counter() - loading, 1)})
         self.input_device = next(self.model.parameters()).device
         self.stopping = self._stopping_criteria(transformers) if stop_at_function_end else None
         self._lock = threading.Lock()  # one generate() at a time
