@@ -58,10 +58,11 @@ if [ ! -x .venv/bin/python ]; then
     echo "[setup] creating .venv"
     "$PYTHON" -m venv .venv
 fi
+# [ml]: torch (CPU wheel) and transformers, for the FunSearch transformers-sampler tests (~30 s).
 # pip's build backend is chatty about editable installs: keep its output unless something fails.
 log=.venv/pip-install.log
 if ! { .venv/bin/python -m pip install -q --disable-pip-version-check --no-input --upgrade pip "setuptools>=70" wheel &&
-       .venv/bin/python -m pip install -q --disable-pip-version-check --no-input -e '.[test]'; } >"$log" 2>&1; then
+       .venv/bin/python -m pip install -q --disable-pip-version-check --no-input -e '.[test,ml]'; } >"$log" 2>&1; then
     cat "$log"
     echo "[setup] pip install failed (log above, also in $log)" >&2
     exit 1
