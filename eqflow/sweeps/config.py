@@ -17,6 +17,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
+if sys.version_info >= (3, 11):
+    from typing import dataclass_transform
+else:  # pragma: no cover - Python 3.10 (typing_extensions comes with pydantic)
+    from typing_extensions import dataclass_transform
+
 T = TypeVar("T")
 
 
@@ -81,6 +86,7 @@ def _to_dict(self: Any) -> dict[str, Any]:
     return out
 
 
+@dataclass_transform()
 def pydraclass(cls: type[T]) -> type[T]:
     """Make ``cls`` a strict dataclass config (see the module docstring)."""
     for name, default in list(vars(cls).items()):
@@ -126,10 +132,10 @@ def apply_overrides(config: Any, overrides: Sequence[str]) -> Any:
     return config
 
 
-def main(config_cls: type[T]) -> Callable[[Callable[[T], Any]], Callable[[], Any]]:
+def main(config_cls: type[T]) -> Callable[[Callable[[T], Any]], Callable[..., Any]]:
     """Decorate ``fn(config)`` into a command: ``python script.py key=value nested.key=value``."""
 
-    def wrap(fn: Callable[[T], Any]) -> Callable[[], Any]:
+    def wrap(fn: Callable[[T], Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def run(argv: Sequence[str] | None = None) -> Any:
             config = config_cls()
@@ -155,6 +161,12 @@ class BaseExperimentConfig:
     def finalize(self) -> Any:
         return _finalize(self)
 
+    def apply_overrides(self, overrides: Sequence[str]) -> Any:
+        return apply_overrides(self, overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
 
 @pydraclass
 class _BaseSearchConfig:
@@ -164,6 +176,12 @@ class _BaseSearchConfig:
 
     def finalize(self) -> Any:
         return _finalize(self)
+
+    def apply_overrides(self, overrides: Sequence[str]) -> Any:
+        return apply_overrides(self, overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
 
     def get_experiment_config_and_base_dir(self, **prop_values: Any) -> tuple[Any, str]:
         """The experiment config for one point (prop values) and the folder of its outputs."""
