@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "repetition_penalty": 1.222,
     "max_new_tokens": 246,
 }
-_GEN_KEYS = frozenset(DEFAULTS) | {"top_k", "do_sample"}
+_GEN_KEYS = frozenset(DEFAULTS) | {"top_k", "do_sample", "min_new_tokens"}
 ML_EXTRA_HINT = ("the transformers sampler needs torch and transformers: pip install 'eqflow[ml]' "
                  "(CPU-only torch: pip install torch==2.13.0)")
 # A completion is over once a new top-level statement starts (a line at column 0 after the body).
