@@ -414,6 +414,17 @@ class Experiment:
         long = read_frame(engine, "sweep_metrics_frame", {"exp_id": self.exp_id})
         counts = trials["status"].value_counts().to_dict()
         ended = sum(counts.get(s.value, 0) for s in TERMINAL)
+        best = None
+        if self.asha is not None and not long.empty:
+            values = long[long["metric"] == self.asha.metric]["value"].dropna()
+            if not values.empty:
+                best = float(values.min() if self.asha.mode == "min" else values.max())
+        try:  # the workflow's progress record, for dashboards (as the other workflows write)
+            self.queue.record_event(self.exp_id, "progress", {
+                "done": ended, "target": len(trials), "best": best, "running": counts.get("running", 0),
+                "pruned": counts.get("pruned", 0), "failed": counts.get("failed", 0)})
+        except Exception as exc:  # a dashboard nicety never stops a sweep
+            log.debug("progress event not recorded", extra={"error": str(exc)})
         lines = ["=== Status ===", f"Elapsed time: {time.monotonic() - started:.0f} s",
                  f"Terminated trials: {ended}/{len(trials)} ({counts.get('running', 0)} running, "
                  f"{counts.get('completed', 0)} completed, {counts.get('pruned', 0)} pruned, "

@@ -58,4 +58,23 @@ def run_gpu_job(payload: str) -> str:
             text = traceback.format_exc()
             print(text, file=sys.stderr)
             envelope.update(ok=False, error=text)
+        finally:
+            _release_gpu_memory()
     return json.dumps(envelope)
+
+
+def _release_gpu_memory() -> None:
+    """Workers are long-lived (a job does not start a process, unlike the reference): give back
+    the GPU memory a finished job's tensors left in torch's cache, so the next job on this slot
+    starts with the device as free as a fresh process would find it."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    try:
+        if torch.cuda.is_initialized():
+            import gc
+
+            gc.collect()
+            torch.cuda.empty_cache()
+    except Exception:  # a broken CUDA runtime is the next job's problem, reported there
+        pass

@@ -314,6 +314,9 @@ class SearchDriver:
         if search.kind == "binary":
             r = search.state["rounds"][-1]
             log.info("binary search round", extra={"search": search.exp_id, **r})
+            self.queue.record_event(search.exp_id, "progress", {
+                "done": r["round"] + 1, "target": r["round"] + 1 + search.jobs_left() // max(1, len(search.jobs)),
+                "lo": r["lo"], "hi": r["hi"], "errors": r["errors"]})
         if not self._submit(search):
             self._finish(search, started)
         else:
