@@ -17,7 +17,7 @@ from typing import Any
 from eqflow import validate
 from eqflow.db.connector import Connector
 from eqflow.db.resolve import resolve_url
-from eqflow.errors import InvalidInput, UnknownTask
+from eqflow.errors import EqflowError, InvalidInput, UnknownTask
 from eqflow.futures import Future, LocalCompletionWatch, as_completed, pop_completed
 from eqflow.models import ClaimedTask, ExperimentEvent, PoolInfo, StopMode, TaskInfo, TaskStatus
 from eqflow.notify import Inbox, listener_for, release_listener
@@ -224,6 +224,7 @@ class LocalTaskQueue:
         texts = [validate.text(result, "result", self.max_payload_bytes) for _, result in pairs]
         rows = self.db.fetch_all("report_results", {"task_ids": ids, "claim_ids": claims, "results": texts})
         accepted = {r[0] for r in rows}
+        self._notify_done(accepted, (task for task, _ in pairs))
         if len(accepted) < len(set(ids)):
             log.warning("reports rejected: lease no longer held",
                         extra={"task_ids": sorted(set(ids) - accepted)[:20]})
@@ -257,6 +258,7 @@ class LocalTaskQueue:
             params["task_types"] = list(types)
             rows = self.db.fetch_all("report_and_claim_many_types", params)
         accepted = {r[0] for r in rows if r[1] is None}
+        self._notify_done(accepted, (task for task, _ in pairs))
         tasks = [ClaimedTask(tid, exp, typ, prio, payload, tag, attempt, claim_id, pool)
                  for tid, exp, typ, prio, payload, tag, attempt, claim_id in rows if exp is not None]
         tasks.sort(key=lambda t: (-t.priority, t.task_id))
@@ -264,6 +266,16 @@ class LocalTaskQueue:
             log.warning("reports rejected: lease no longer held",
                         extra={"task_ids": sorted(set(ids) - accepted)[:20]})
         return accepted, tasks
+
+    def _notify_done(self, accepted: set[int], tasks: Iterable[ClaimedTask]) -> None:
+        """Announce reported tasks after their commit (see notify_done in sql/queries.sql)."""
+        done = sorted({t.task_id: t.exp_id for t in tasks if t.task_id in accepted}.items())
+        if not done:
+            return
+        try:
+            self.db.execute("notify_done", {"exp_ids": [exp for _, exp in done], "task_ids": [tid for tid, _ in done]})
+        except EqflowError as exc:  # the results are in; a waiter finds them at its next safety poll
+            log.warning("completion notification not sent", extra={"error": str(exc), "count": len(done)})
 
     def report_failure(self, failures: Iterable[tuple[ClaimedTask, str]], retry: bool = True) -> dict[int, TaskStatus]:
         """Report failed runs. With retry, a task goes back to the queue until its

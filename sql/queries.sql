@@ -56,27 +56,45 @@ FROM picked WHERE t.task_id = picked.task_id
 RETURNING t.task_id, t.exp_id, t.task_type, t.priority, t.payload, t.tag, t.attempts, t.claim_id;
 
 -- name: report_results
--- A NULL claim id (EQ-SQL compatibility) accepts any running holder.
+-- A NULL claim id (EQ-SQL compatibility) accepts any running holder. The caller sends the
+-- completions' notification itself once this has committed (notify_done; see migration 0010).
+WITH quiet AS MATERIALIZED (SELECT set_config('eqflow.notify_done', 'deferred', true))
 UPDATE tasks t
 SET status = 'complete', result = r.result, error = NULL, finished_at = now(),
     lease_expires_at = NULL
 FROM unnest(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(results)s::text[])
-     AS r(task_id, claim_id, result)
+     AS r(task_id, claim_id, result), quiet
 WHERE t.task_id = r.task_id AND t.status = 'running'
   AND (r.claim_id IS NULL OR t.claim_id = r.claim_id)
 RETURNING t.task_id;
+
+-- name: notify_done
+-- The eqflow_done notification of tasks just reported (report_results, report_and_claim_*), sent
+-- after their commit in a transaction of its own that does not wait for its WAL flush. A
+-- notifying transaction holds PostgreSQL's global notify lock through its commit, so notifying
+-- inside the durable report would serialize every worker's commit (no group commit). A wake-up
+-- lost to a crash costs a waiter one safety poll. Chunks as eqflow_announce (0001) does.
+SELECT set_config('synchronous_commit', 'off', true),
+       (SELECT count(pg_notify('eqflow_done', c.exp_id || '|' || c.ids))
+        FROM (SELECT f.exp_id, string_agg(f.task_id::text, ',') AS ids
+              FROM (SELECT u.exp_id, u.task_id,
+                           (row_number() OVER (PARTITION BY u.exp_id ORDER BY u.task_id) - 1) / 400 AS part
+                    FROM unnest(%(exp_ids)s::text[], %(task_ids)s::bigint[]) AS u(exp_id, task_id)) f
+              GROUP BY f.exp_id, f.part) c);
 
 -- name: report_and_claim_one_type
 -- report_results and claim_one_type in one statement, one commit: a pool at steady state
 -- spends one transaction per task (batch) instead of two. The reported rows are 'running' and
 -- the claimed ones 'queued', so the two updates never touch the same row. Rows with a NULL
--- exp_id are the accepted reports (task_id only); the others are the claimed tasks.
-WITH reported AS (
+-- exp_id are the accepted reports (task_id only); the others are the claimed tasks. As
+-- report_results, the caller sends notify_done after the commit.
+WITH quiet AS MATERIALIZED (SELECT set_config('eqflow.notify_done', 'deferred', true)),
+reported AS (
     UPDATE tasks t
     SET status = 'complete', result = r.result, error = NULL, finished_at = now(),
         lease_expires_at = NULL
     FROM unnest(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(results)s::text[])
-         AS r(task_id, claim_id, result)
+         AS r(task_id, claim_id, result), quiet
     WHERE t.task_id = r.task_id AND t.status = 'running'
       AND (r.claim_id IS NULL OR t.claim_id = r.claim_id)
     RETURNING t.task_id),
@@ -100,12 +118,13 @@ SELECT * FROM claimed;
 
 -- name: report_and_claim_many_types
 -- report_and_claim_one_type for several task types.
-WITH reported AS (
+WITH quiet AS MATERIALIZED (SELECT set_config('eqflow.notify_done', 'deferred', true)),
+reported AS (
     UPDATE tasks t
     SET status = 'complete', result = r.result, error = NULL, finished_at = now(),
         lease_expires_at = NULL
     FROM unnest(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(results)s::text[])
-         AS r(task_id, claim_id, result)
+         AS r(task_id, claim_id, result), quiet
     WHERE t.task_id = r.task_id AND t.status = 'running'
       AND (r.claim_id IS NULL OR t.claim_id = r.claim_id)
     RETURNING t.task_id),
@@ -192,13 +211,15 @@ UNION ALL SELECT true, task_id FROM changed;
 
 -- name: set_priority
 -- All or nothing, as cancel_tasks. Only queued tasks whose priority differs change (and come back).
+-- No notification: a queued task that stays queued is not new work (migration 0010).
 WITH req AS (SELECT DISTINCT unnest(%(task_ids)s::bigint[]) AS task_id),
 missing AS (
     SELECT req.task_id FROM req
     WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = req.task_id)),
+quiet AS MATERIALIZED (SELECT set_config('eqflow.notify_done', 'none', true)),
 changed AS (
     UPDATE tasks t SET priority = %(priority)s
-    FROM req
+    FROM req, quiet
     WHERE t.task_id = req.task_id AND t.status = 'queued' AND NOT EXISTS (SELECT 1 FROM missing)
       AND t.priority <> %(priority)s  -- an unchanged priority costs no row version
     RETURNING t.task_id)
@@ -212,9 +233,10 @@ WITH req AS (
 missing AS (
     SELECT req.task_id FROM req
     WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = req.task_id)),
+quiet AS MATERIALIZED (SELECT set_config('eqflow.notify_done', 'none', true)),
 changed AS (
     UPDATE tasks t SET priority = req.priority
-    FROM req
+    FROM req, quiet
     WHERE t.task_id = req.task_id AND t.status = 'queued' AND NOT EXISTS (SELECT 1 FROM missing)
       AND t.priority IS DISTINCT FROM req.priority  -- an unchanged priority costs no row version
     RETURNING t.task_id)

@@ -106,3 +106,36 @@ def test_unchanged_priorities_are_skipped(queue, db_url):
     after = sql(db_url, "SELECT task_id, xmin::text FROM tasks ORDER BY task_id")
     assert after[2] == before[2]  # c's row was never written
     assert [t.payload for t in queue.claim(1, n=3, pool="p")] == ["a", "b", "c"]  # all 3: FIFO
+
+
+def _notifications(url: str, action, channels=("eqflow_done", "eqflow_queued")) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        for channel in channels:
+            conn.execute(f"LISTEN {channel}")
+        action()
+        got = []
+        for note in conn.notifies(timeout=1.0):
+            got.append((note.channel, note.payload))
+    return got
+
+
+def test_reports_announce_their_tasks_once_after_commit(queue, db_url):
+    futs = queue.submit_many("exp", 1, ["a", "b", "c"])
+    tasks = queue.claim(1, n=2, pool="p")
+    held = []
+    got = _notifications(db_url, lambda: held.extend(
+        queue.report_and_claim([(t, "ok") for t in tasks], 1, n=1, pool="p")[1]))
+    assert got == [("eqflow_done", f"exp|{futs[0].task_id},{futs[1].task_id}")]
+    assert [t.task_id for t in held] == [futs[2].task_id]
+    got = _notifications(db_url, lambda: queue.report([(held[0], "ok")]))
+    assert got == [("eqflow_done", f"exp|{futs[2].task_id}")]
+    assert _notifications(db_url, lambda: queue.report([(held[0], "again")])) == []  # not accepted: no news
+
+
+def test_reprioritization_announces_nothing(queue, db_url):
+    futs = queue.submit_many("exp", 1, ["a", "b"])
+    assert _notifications(db_url, lambda: queue.set_priorities(futs, [5, 6])) == []
+    assert _notifications(db_url, lambda: queue.set_priorities(futs, 9)) == []
+    assert _notifications(db_url, lambda: queue.cancel([futs[0]])) == [("eqflow_done", f"exp|{futs[0].task_id}")]
