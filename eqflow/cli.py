@@ -52,15 +52,26 @@ def _bench(args: argparse.Namespace) -> int:
             figures = service_bench.run_long_polls(args.url, long_polls=args.long_polls, clients=args.clients,
                                                    duration_s=args.seconds, progress=say)
         else:
-            figures = service_bench.run(args.url, n_e2e=args.tasks, workers=args.workers, progress=say)
+            figures = service_bench.run(args.url, n_e2e=args.tasks or 20_000, workers=args.workers, progress=say)
     elif args.suite == "pool":
         from eqflow.bench import pool_bench
 
         figures = pool_bench.run(args.url, progress=say)
+    elif args.suite == "scale":
+        from eqflow.bench import scale_bench
+
+        figures = scale_bench.run(args.url, million=args.million, progress=say)
+    elif args.suite == "peers":
+        from eqflow.bench import peers_bench
+
+        figures = peers_bench.run(args.url, n=args.tasks or 5000, workers=args.workers, rounds=args.rounds,
+                                  me_queued=args.me_queued, me_claims=args.me_claims,
+                                  peers=args.peers.split(",") if args.peers else None, progress=say)
+        print(peers_bench.table(figures), file=sys.stderr)
     else:
         from eqflow.bench import queue_bench
 
-        figures = queue_bench.run(args.url, n_e2e=args.tasks, workers=args.workers, progress=say)
+        figures = queue_bench.run(args.url, n_e2e=args.tasks or 20_000, workers=args.workers, progress=say)
     print(json.dumps(figures))
     return 0
 
@@ -144,14 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
     db.set_defaults(func=_db)
 
     bench = sub.add_parser("bench", help="benchmarks; prints one JSON line")
-    bench.add_argument("suite", choices=["queue", "pool", "service"])
+    bench.add_argument("suite", choices=["queue", "pool", "service", "peers", "scale"])
     bench.add_argument("--url", default=None, help="server to use (default: embedded)")
-    bench.add_argument("--tasks", type=int, default=20_000, help="end-to-end tasks")
+    bench.add_argument("--tasks", type=int, default=None, help="end-to-end tasks (default 20,000; peers: 5,000)")
     bench.add_argument("--workers", type=int, default=4, help="end-to-end worker processes")
     bench.add_argument("--long-polls", type=int, default=0,
                        help="service: short-request latency and RSS under this many idle long-polls instead")
     bench.add_argument("--clients", type=int, default=20, help="service --long-polls: active clients")
     bench.add_argument("--seconds", type=float, default=15.0, help="service --long-polls: seconds per scenario")
+    bench.add_argument("--peers", default=None, help="peers: which (default eqsql,pgqueuer, those installed)")
+    bench.add_argument("--rounds", type=int, default=2, help="peers: alternating rounds")
+    bench.add_argument("--me-queued", type=int, default=100_000, help="peers: queued tasks of the ME workload")
+    bench.add_argument("--me-claims", type=int, default=1000, help="peers: claims after the ME's reprioritization")
+    bench.add_argument("--million", action="store_true", help="scale: 100,000 and 1,000,000 tasks (default 10x less)")
     bench.set_defaults(func=_bench)
 
     stats = sub.add_parser("stats", help="task counts per type and status")

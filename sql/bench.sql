@@ -1,0 +1,64 @@
+-- The benchmarks' statements (eqflow.bench): scratch databases beside eqflow_bench on the same
+-- server, and setup or bookkeeping on the peers' own tables (eqflow bench peers). Identifiers
+-- are constants (CREATE/DROP DATABASE take no parameters). peer_* statements run on the peers' own
+-- tables (in their own databases), not on eqflow's.
+
+-- name: bench_drop_eqsql_database
+DROP DATABASE IF EXISTS eqflow_bench_eqsql WITH (FORCE);
+
+-- name: bench_create_eqsql_database
+CREATE DATABASE eqflow_bench_eqsql;
+
+-- name: bench_drop_pgqueuer_database
+DROP DATABASE IF EXISTS eqflow_bench_pgqueuer WITH (FORCE);
+
+-- name: bench_create_pgqueuer_database
+CREATE DATABASE eqflow_bench_pgqueuer;
+
+-- name: bench_drop_pgbench_database
+DROP DATABASE IF EXISTS eqflow_bench_pgbench WITH (FORCE);
+
+-- name: bench_create_pgbench_database
+CREATE DATABASE eqflow_bench_pgbench;
+
+-- name: peer_eqsql_truncate
+-- EQ-SQL's tables (its workflow.sql), emptied between workloads.
+TRUNCATE eq_exp_id_tasks, eq_tasks, eq_task_tags, emews_queue_out, emews_queue_in;
+
+-- name: peer_eqsql_fill
+-- n queued tasks in EQ-SQL's tables as its submit_task leaves them (ids from its sequence),
+-- for the 100,000-task workload whose setup is not what is measured. Returns the ids.
+WITH ids AS (
+    SELECT nextval('emews_id_generator')::integer AS id FROM generate_series(1, %(n)s)),
+tasks AS (
+    INSERT INTO eq_tasks (eq_task_id, eq_task_type, json_out, time_created, eq_priority)
+    SELECT id, %(task_type)s, '{}', now(), 0 FROM ids),
+exp AS (
+    INSERT INTO eq_exp_id_tasks (exp_id, eq_task_id) SELECT %(exp_id)s, id FROM ids),
+queued AS (
+    INSERT INTO emews_queue_out (eq_task_type, eq_task_id, eq_priority)
+    SELECT %(task_type)s, id, 0 FROM ids)
+SELECT id FROM ids ORDER BY id;
+
+-- name: peer_pgqueuer_open
+-- Jobs PgQueuer still holds (queued or being run; finished ones are deleted).
+SELECT count(*) FROM pgqueuer;
+
+-- name: bench_dead_tuples
+-- Live and dead row versions and autovacuum runs of eqflow's task table.
+SELECT n_live_tup, n_dead_tup, autovacuum_count, pg_total_relation_size('tasks')
+FROM pg_stat_user_tables WHERE relname = 'tasks';
+
+-- name: bench_fill_finished
+-- n finished tasks written straight into tasks (eqflow bench scale: the history a long run leaves,
+-- not what is measured), as report_results leaves them.
+INSERT INTO tasks (exp_id, task_type, payload, status, result, pool, attempts, claim_id,
+                   started_at, finished_at)
+SELECT %(exp_id)s, %(task_type)s, '{}', 'complete', '{}', 'fill', 1, NULL, now(), now()
+FROM generate_series(1, %(n)s);
+
+-- name: bench_vacuum_tasks
+VACUUM ANALYZE tasks;
+
+-- name: bench_analyze_tasks
+ANALYZE tasks;
