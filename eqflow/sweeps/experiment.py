@@ -138,14 +138,16 @@ class Result:
     def trials(self) -> list[Trial]:
         trials = self.trials_frame()
         long = self.metrics_frame()
+        by_trial = {str(tid): group for tid, group in long.groupby("trial_id")} if not long.empty else {}
         out = []
         for row in trials.itertuples():
             trial = Trial(json.loads(row.cfg), row.trial_id, Status(row.status), row.error,
                           _ts(row.started_at), _ts(row.ended_at))
-            mine = long[long["trial_id"] == row.trial_id]
-            for metric, group in mine.groupby("metric"):
-                trial.metrics[str(metric)] = [float(v) for v in group["value"]]
-                trial.iterations[str(metric)] = [int(i) for i in group["iteration"]]
+            mine = by_trial.get(str(row.trial_id))
+            if mine is not None:
+                for metric, group in mine.groupby("metric"):  # rows come ordered by iteration
+                    trial.metrics[str(metric)] = [float(v) for v in group["value"]]
+                    trial.iterations[str(metric)] = [int(i) for i in group["iteration"]]
             out.append(trial)
         return out
 
