@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from eqflow.config import WorkflowConfig
 from eqflow.funsearch.scaling import (
     DynamicScaler,
     LocalPools,
@@ -64,7 +65,7 @@ def pools(queue: LocalTaskQueue, tmp_path: Path, threads: bool = False) -> Local
 
 
 def settings(**overrides: object) -> ScalingSettings:
-    base = {"check_interval": 0, "sampler_scale_up_threshold": 5, "evaluator_scale_up_threshold": 3,
+    base = {"enabled": True, "check_interval": 0, "sampler_scale_up_threshold": 5, "evaluator_scale_up_threshold": 3,
             "min_samplers": 0, "min_evaluators": 0, "min_system_memory_gib": 0.1,
             "cpu_usage_threshold": 101, "normalized_load_threshold": 1000,
             "sampler_stop_grace_s": 20, "evaluator_stop_grace_s": 20}
@@ -156,6 +157,8 @@ def test_sampler_holds_say_why(queue: LocalTaskQueue, tmp_path: Path) -> None:
         assert scaler.check(now=t0 + 121) != []
     finally:
         scaler.close()
+    scaler.settings = settings(enabled=False, sampler_scale_up_threshold=0)
+    assert scaler.check(force=True) == [] and control.running("sampler") == []  # --no-dynamic-scaling
     holds = [r for t, a, r, _ in decisions(queue.url) if t == SAMPLE]
     # An unchanged hold is recorded once; a changed one again.
     assert len([r for r in holds if "nor several together" in r]) == 1 and len(holds) == 3
@@ -238,11 +241,27 @@ def test_cli_flags_override_the_config() -> None:
     assert (base.check_interval, base.sampler_scale_up_threshold, base.evaluator_scale_up_threshold,
             base.min_gpu_memory_gib, base.max_gpu_utilization, base.min_system_memory_gib, base.cpu_usage_threshold,
             base.normalized_load_threshold) == (120, 50, 10, 20, 50, 30, 99, 0.99)  # the reference's defaults
-    args = parser.parse_args(["--no-dynamic-scaling", "--check-interval", "5", "--max-samplers", "2",
+    args = parser.parse_args(["--dynamic-scaling", "--check-interval", "5", "--max-samplers", "2",
                               "--min-evaluators", "0"])
     out = settings_from_args(base, args)
     assert (out.enabled, out.check_interval, out.max_samplers, out.min_evaluators, out.max_evaluators) == (
-        False, 5, 2, 0, 1000)
+        True, 5, 2, 0, 1000)
+    assert not settings_from_args(out, parser.parse_args(["--no-dynamic-scaling"])).enabled
     assert settings_from_args(base, parser.parse_args([])) == base
     with pytest.raises(ValueError, match="min_samplers"):
         settings_from_args(base, parser.parse_args(["--max-samplers", "0"]))
+
+
+def test_pools_from_a_funsearch_config(queue: LocalTaskQueue, tmp_path: Path) -> None:
+    cfg = WorkflowConfig.model_validate({
+        "dbs": {"main": {"type": "url", "url": queue.url}},
+        "pools": {"samplers": {"type": "local", "fn": "eqflow.funsearch.tasks:sample", "workers": 4},
+                  "evaluators": {"type": "local", "fn": "eqflow.funsearch.tasks:evaluate", "workers": 2}},
+        "tasks": {"sample": {"type": SAMPLE, "pools": ["samplers"]},
+                  "evaluate": {"type": EVALUATE, "pools": ["evaluators"]}},
+        "funsearch": {"spec": "deletion_codes"}, "output_dir": str(tmp_path)})
+    control = LocalPools.from_config(cfg, "fs", queue, tmp_path)
+    sampler, evaluator = control.specs["sampler"], control.specs["evaluator"]
+    assert (sampler.task_types, sampler.fn, sampler.workers) == ([SAMPLE], "eqflow.funsearch.tasks:sample", 4)
+    assert (evaluator.task_types, evaluator.fn, evaluator.workers) == ([EVALUATE], "eqflow.funsearch.tasks:evaluate", 2)
+    assert control.db_url == queue.url

@@ -55,7 +55,8 @@ class ScalingSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(default=True, description="--dynamic-scaling / --no-dynamic-scaling")
+    enabled: bool = Field(default=False, description="--dynamic-scaling / --no-dynamic-scaling (off: the "
+                                                     "config's pools only, as eqflow's other workflows)")
     check_interval: float = Field(default=120.0, ge=0, description="seconds between scaling checks")
     sampler_scale_up_threshold: int = Field(default=50, ge=0, description="start a sampler above this many "
                                                                           "queued sample tasks")
@@ -158,6 +159,24 @@ class LocalPools:
     _children: dict[str, _Child] = field(default_factory=dict)
     _counter: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def from_config(cls, cfg: Any, exp_id: str, queue: Any, log_dir: Path | None = None) -> LocalPools:
+        """The pools of ``tasks.sample`` and ``tasks.evaluate`` (the first pool each names; local
+        ones) as the pools the scaler starts more of."""
+        from eqflow.workers.launchers import PoolSpec
+
+        specs: dict[str, Any] = {}
+        for kind, task_name in (("sampler", "sample"), ("evaluator", "evaluate")):
+            task = cfg.tasks[task_name]
+            pool = cfg.pools[task.pools[0]]
+            if pool.type != "local":
+                raise ValueError(f"dynamic scaling starts local pools; tasks.{task_name}.pools[0] "
+                                 f"({task.pools[0]}) is {pool.type}")
+            specs[kind] = PoolSpec([task.type], fn=pool.fn, cmd=pool.cmd, workers=pool.workers,
+                                   batch_size=pool.batch_size, threshold=pool.threshold,
+                                   threads=bool(getattr(pool, "threads", False)), idle_exit=pool.idle_exit)
+        return cls(specs, exp_id, db_url=getattr(queue, "url", None), log_dir=log_dir, queue=queue)
 
     def start(self, kind: Kind, reason: str, gpus: Sequence[int] = ()) -> str:
         with self._lock:

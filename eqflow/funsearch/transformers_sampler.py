@@ -117,7 +117,11 @@ class TransformersSampler:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         load: dict[str, Any] = dict(common, dtype=self.dtype)
-        spread = self.device == "cuda" and torch.cuda.device_count() > 1 and _has_accelerate()
+        several = self.device == "cuda" and torch.cuda.device_count() > 1
+        spread = several and _has_accelerate()
+        if several and not spread:
+            log.warning("several GPUs visible but accelerate is not installed: the model goes on the first one "
+                        "only (pip install accelerate to spread it)", extra={"gpus": torch.cuda.device_count()})
         if spread:
             load["device_map"] = "auto"  # a model too large for one GPU, over the GPUs this pool was given
         self.model = transformers.AutoModelForCausalLM.from_pretrained(self.model_name, **load)
