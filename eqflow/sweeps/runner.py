@@ -189,6 +189,9 @@ class SearchDriver:
             config.finalize()
             if not config.base_dir:
                 raise InvalidConfigurationError(f"{type(config).__name__}.base_dir is required")
+        ids = [search_exp_id(kind, c) for c in configs]
+        if len(set(ids)) < len(ids):
+            raise InvalidConfigurationError(f"the same {kind} search is given twice (equal configs)")
         self.kind, self.configs = kind, list(configs)
         self.max_gpus, self.jobs_per_gpu = max_gpus, jobs_per_gpu
         self.queue = LocalTaskQueue(db_url)
