@@ -52,18 +52,18 @@ SEQ_FEATURES: tuple[tuple[str, float], ...] = (
     ("{s}[0]", 0.4),
     ("{s}[-1]", 0.4),
     ("{s}[len({s}) // 2]", 0.3),
-    ("sum({i} * {x} for {i}, {x} in enumerate({s}))", 1.5),
-    ("sum({i} * {x} for {i}, {x} in enumerate({s}, 1))", 1.5),
-    ("sum({x} * (-1) ** {i} for {i}, {x} in enumerate({s}))", 0.8),
-    ("sum({a} != {b} for {a}, {b} in zip({s}, {s}[1:]))", 0.6),
-    ("sum(sum({s}[:{i} + 1]) for {i} in range(len({s})))", 0.8),
+    ("sum({i} * {x} for {i}, {x} in enumerate({s}, 0))", 1.0),  # an explicit start: a constant to perturb
+    ("sum({i} * {x} for {i}, {x} in enumerate({s}, 1))", 2.0),
+    ("sum({x} * (-1) ** {i} for {i}, {x} in enumerate({s}))", 0.5),
+    ("sum({a} != {b} for {a}, {b} in zip({s}, {s}[1:]))", 0.4),
+    ("sum(sum({s}[:{i} + 1]) for {i} in range(len({s})))", 1.0),
     ("sum({x} == {c} for {x} in {s})", 0.3),
     ("sum({x} * {x} for {x} in {s})", 0.2),
     ("sum({i} * {i} * {x} for {i}, {x} in enumerate({s}, 1))", 0.2),
     ("sum(2 ** {i} * {x} for {i}, {x} in enumerate({s}))", 0.2),
 )
 INT_TERMS: tuple[tuple[str, float], ...] = (
-    ("{n}", 1.0), ("{n} + 1", 1.5), ("{n} - 1", 0.3), ("2 * {n}", 0.3), ("2 * {n} + 1", 0.2), ("{n} + {c}", 0.2),
+    ("{n}", 1.0), ("{n} + 1", 2.0), ("{n} - 1", 0.3), ("2 * {n}", 0.3), ("2 * {n} + 1", 0.2), ("{n} + {c}", 0.2),
 )
 FLOAT_TERMS: tuple[tuple[str, float], ...] = (
     ("{f}", 1.0), ("{f} * {c}", 0.5), ("{f} + {c}", 0.5), ("{f} * {f}", 0.3), ("1 / ({f} + 1)", 0.2),
@@ -280,6 +280,7 @@ class Mutator:
     max_depth: int = 12
     weights: dict[str, float] = field(default_factory=dict)
     term_wrap_rate: float = 0.5
+    top_wrap_rate: float = 0.5
 
     # Terms -----------------------------------------------------------------------------------------------
 
@@ -379,8 +380,10 @@ class Mutator:
         """A term, sometimes already wrapped (``feature % k``, ``-feature``): one edit then reaches
         what would take two, each of which alone may score no better than the parent."""
         term = self.term(slot.scope, slot.want_int)
-        if self.rng.random() < self.term_wrap_rate:
+        rate = self.term_wrap_rate
+        while self.rng.random() < rate:  # wrapped once at term_wrap_rate, twice at its square...
             term = self._wrapped(term, SCALAR, slot.want_int, slot.scope)
+            rate *= self.term_wrap_rate
         return term
 
     def replace(self, slot: Slot) -> ast.expr | None:
@@ -412,7 +415,7 @@ class Mutator:
         return _weighted(rng, options)()
 
     def _compare_to(self, scope: frozenset[str]) -> ast.expr:
-        return ast.Constant(self.rng.choice((0, 0, 1))) if self.rng.random() < 0.6 else self.term(scope)
+        return ast.Constant(self.rng.choice((0, 0, 1))) if self.rng.random() < 0.75 else self.term(scope)
 
     def simplify(self, slot: Slot, kinds: _Kinds) -> ast.expr | None:
         """One of the operands of ``slot.node`` in its place (``-(a % b)`` -> ``a % b``)."""
@@ -449,8 +452,9 @@ class Mutator:
         slots = _slots(function, kinds)
         if operation == "perturb":
             slots = [s for s in slots if _is_number(s.node)]
-        elif operation == "fresh" and slots:
-            # A whole top-level expression (a return value) made anew: a restart from this program.
+        elif operation == "fresh" and slots or operation == "wrap" and self.rng.random() < self.top_wrap_rate:
+            # A whole top-level expression (a return value) made anew, a restart from this program;
+            # or wrapped: the output transformed (negated, reduced modulo k, compared).
             top = min(s.depth for s in slots)
             slots = [s for s in slots if s.depth == top]
         if not slots:
@@ -522,8 +526,8 @@ def body_text(function: ast.FunctionDef) -> str:
 
 
 DEFAULT_WEIGHTS: dict[str, float] = {
-    "perturb": 0.2, "swap": 0.15, "replace": 0.15, "insert": 0.15, "wrap": 0.25, "simplify": 0.1, "drop": 0.02,
-    "fresh": 0.08,
+    "perturb": 0.1, "swap": 0.15, "replace": 0.15, "insert": 0.15, "wrap": 0.25, "simplify": 0.1, "drop": 0.02,
+    "fresh": 0.3,
 }
 
 
@@ -533,7 +537,8 @@ class MutationSampler:
     name = "mutation"
 
     def __init__(self, max_nodes: int = 80, max_depth: int = 12, crossover_rate: float = 0.15,
-                 max_edits: int = 3, weights: dict[str, float] | None = None, attempts: int = 40) -> None:
+                 max_edits: int = 3, weights: dict[str, float] | None = None, attempts: int = 40,
+                 term_wrap_rate: float = 0.5) -> None:
         self.max_nodes = int(max_nodes)
         self.max_depth = int(max_depth)
         self.crossover_rate = float(crossover_rate)
@@ -543,6 +548,7 @@ class MutationSampler:
         if unknown:
             raise ValueError(f"unknown mutation weights: {', '.join(sorted(unknown))}")
         self.attempts = int(attempts)
+        self.term_wrap_rate = float(term_wrap_rate)
 
     def sample(self, request: SampleRequest) -> SampleResult:
         started = time.perf_counter()
@@ -552,7 +558,7 @@ class MutationSampler:
         if not parents:
             # Nothing to edit: start from a constant, as a spec's initial program does.
             parents = [_function(request.header, "return 0.0")]
-        mutator = Mutator(signature, rng, self.max_nodes, self.max_depth, self.weights)
+        mutator = Mutator(signature, rng, self.max_nodes, self.max_depth, self.weights, self.term_wrap_rate)
         seen = {_canonical(p) for p in parents}
         bodies: list[str] = []
         spare: list[str] = []  # valid candidates that repeat one already given: best effort fill
@@ -577,9 +583,12 @@ class MutationSampler:
         candidate = mutator.mutate(parents[index], other, self.crossover_rate, self.max_edits)
         if candidate is None:
             return None
-        # A function that reads none of its arguments is a constant: not worth an evaluation.
-        arguments = set(mutator.signature.names) | set(mutator.signature.others)
-        if arguments and not arguments & _free_names(candidate):
+        # A function that reads none of its arguments is a constant: not worth an evaluation. Int
+        # arguments are mostly sizes, fixed over one evaluation's calls (n, s): one reading only
+        # them is a constant too, when there are others (the sequence, the item) to read.
+        signature = mutator.signature
+        varying = set(signature.seqs + signature.arrays + signature.floats + signature.others)
+        if not (varying or set(signature.ints)) & _free_names(candidate):
             return None
         return candidate
 
@@ -615,7 +624,7 @@ def _seed(request: SampleRequest) -> int:
 
 
 def _iter_kwargs(config: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-    allowed = {"max_nodes", "max_depth", "crossover_rate", "max_edits", "weights", "attempts"}
+    allowed = {"max_nodes", "max_depth", "crossover_rate", "max_edits", "weights", "attempts", "term_wrap_rate"}
     for key, value in config.items():
         if key not in allowed:
             raise ValueError(f"unknown mutation sampler option {key!r}; known: {', '.join(sorted(allowed))}")
