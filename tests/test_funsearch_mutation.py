@@ -6,7 +6,10 @@ from __future__ import annotations
 import ast
 import itertools
 import math
+import os
 import random
+import subprocess
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -25,6 +28,9 @@ PARENTS = {
     CAP_SET: ("    return 0.0\n", "    return float(sum(x == 1 for x in el)) - n / 3.0\n"),
     BIN_PACKING: ("    return -(bins - item)\n", "    score = item / bins\n    return -score + 1.0\n"),
 }
+
+
+PARENTS_SOURCES = tuple(function_source(DELETION, body) for body in PARENTS[DELETION])
 
 
 def request(header: str, bodies: tuple[str, ...], samples: int = 4, seed: int = 0) -> SampleRequest:
@@ -65,6 +71,18 @@ def test_same_seed_same_answer_other_seeds_differ() -> None:
     assert len(answers) == 10
     bodies = {body for answer in answers for body in answer}
     assert len(bodies) >= 40  # 60 candidates, mostly distinct
+
+
+def test_same_answer_in_another_process() -> None:
+    """Workers are separate processes: string hashing (PYTHONHASHSEED) must not change answers."""
+    script = ("from eqflow.funsearch.samplers import SampleRequest, make_sampler\n"
+              f"req = SampleRequest('', {PARENTS_SOURCES!r}, 'priority', {DELETION!r}, 6, 11)\n"
+              "print(repr(make_sampler({'type': 'mutation'}).sample(req).bodies))\n")
+    answers = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert len(answers) == 1
+    local = MutationSampler().sample(request(DELETION, PARENTS[DELETION], samples=6, seed=11)).bodies
+    assert answers == {repr(local) + "\n"}
 
 
 def test_no_parent_copy_and_no_duplicates_in_an_answer() -> None:

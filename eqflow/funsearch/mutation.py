@@ -13,7 +13,15 @@ of this parent's), simplify (a subexpression replaced by one of its operands, a 
 
 Config (``make_sampler({"type": "mutation", ...})``): ``max_nodes`` (syntax-tree size bound of a
 candidate, default 80), ``max_depth`` (default 12), ``crossover_rate`` (share of candidates made by
-crossover when there are two parents, default 0.15), ``max_edits`` (edits per candidate, default 3).
+crossover when there are two parents, default 0.15), ``max_edits`` (edits per candidate, at most;
+default 3), ``term_wrap_rate`` (how often a new term comes already wrapped, default 0.5),
+``weights`` (relative weights of the edits, overriding ``DEFAULT_WEIGHTS``), ``attempts`` (tries per
+candidate asked for before giving up on distinct ones, default 40).
+
+Candidates that read none of the function's arguments (or, when it has others, only its int
+arguments: sizes such as ``n``, fixed across one evaluation) are not returned: they are constants.
+The operator mix was tuned offline on a deletion-codes greedy (a scratch script, not shipped);
+nothing in here names that problem or its answers.
 """
 
 from __future__ import annotations
@@ -292,7 +300,7 @@ class Mutator:
         return name
 
     def _fill(self, template: str, **known: str) -> ast.expr:
-        taken = set(self.signature.names) | {"np"}
+        taken = self.signature.names | set(self.signature.others) | {"np"}
         loops = {k: self._fresh(k, taken) for k in ("i", "x", "a", "b")}
         return _expr(template.format(c=self.small_int(), **loops, **known))
 
@@ -382,7 +390,7 @@ class Mutator:
         term = self.term(slot.scope, slot.want_int)
         rate = self.term_wrap_rate
         while self.rng.random() < rate:  # wrapped once at term_wrap_rate, twice at its square...
-            term = self._wrapped(term, SCALAR, slot.want_int, slot.scope)
+            term = self._wrapped(term, slot.kind, slot.want_int, slot.scope)
             rate *= self.term_wrap_rate
         return term
 
