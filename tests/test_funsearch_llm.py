@@ -156,7 +156,7 @@ def test_a_short_funsearch_run_sampling_with_the_tiny_model(queue: LocalTaskQueu
         "tasks": {"sample": {"type": SAMPLE, "pools": ["samplers"]},
                   "evaluate": {"type": EVALUATE, "pools": ["evaluators"]}},
         "funsearch": {"spec": "deletion_codes", "tests": [{"n": 6, "s": 1}], "num_islands": 2,
-                      "samples_per_prompt": 2, "sampler": sampler, "max_seconds": 45, "eval_timeout_s": 10,
+                      "samples_per_prompt": 2, "sampler": sampler, "max_seconds": 25, "eval_timeout_s": 10,
                       "optimal_solution_programs": 10_000},
         "output_dir": str(tmp_path), "seed": 1})
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
