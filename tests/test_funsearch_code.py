@@ -41,6 +41,11 @@ def test_nested_blocks_keep_their_comments() -> None:
     assert trim(body) == body
 
 
+def test_comment_at_the_margin_inside_a_body() -> None:
+    assert trim("    x = len(el)\n# a note at column 0\n    return x\n") == (
+        "    x = len(el)\n    # a note at column 0\n    return x\n")
+
+
 def test_full_def_gives_its_body() -> None:
     text = "def priority(el: tuple[int, ...], n: int) -> float:\n    # why\n    return 1.0\n"
     assert trim(text) == "    # why\n    return 1.0\n"

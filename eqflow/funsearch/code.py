@@ -83,7 +83,10 @@ def _body_text(function: ast.FunctionDef, lines: list[str]) -> str:
         # Comment lines just above the first statement belong to the body too.
         while start - 1 > function.lineno and lines[start - 2].strip().startswith("#"):
             start -= 1
-        text = textwrap.dedent("\n".join(lines[start - 1 : end]))
+        base = body[0].col_offset
+        # Out by the body's own indentation; a comment further left (legal anywhere) moves right.
+        text = "\n".join(line[base:] if line[:base].isspace() or not line.strip() else line.lstrip()
+                         for line in lines[start - 1 : end])
         candidate = _indent(text.rstrip()) + "\n"
         if ast.dump(_reparse_body(candidate)) == ast.dump(ast.Module(body=body, type_ignores=[])):
             return candidate
