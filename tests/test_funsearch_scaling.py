@@ -164,14 +164,22 @@ def test_sampler_holds_say_why(queue: LocalTaskQueue, tmp_path: Path) -> None:
     assert len([r for r in holds if "nor several together" in r]) == 1 and len(holds) == 3
 
 
-def test_api_samplers_need_no_gpu(queue: LocalTaskQueue, tmp_path: Path) -> None:
+def test_api_samplers_and_gpu_less_nodes_use_the_cpu_rule(queue: LocalTaskQueue, tmp_path: Path) -> None:
     control = pools(queue, tmp_path)
+    gpus = Gpus((80, 0))
     scaler = DynamicScaler(queue, "sc", settings(samplers_need_gpu=False, min_samplers=1), control,
-                           task_types=TYPES, gpu_probe=Gpus(), log_dir=tmp_path)
+                           task_types=TYPES, gpu_probe=gpus, log_dir=tmp_path)
     try:
         start = scaler.check(force=True)[0]
         assert start.action == "start" and start.gpus == () and "min_samplers 1" in start.reason
+        assert "CPU and RAM free" in start.reason
         assert cuda_env(control.running("sampler")[0].pid) is None
+        # Default (null): GPUs when the node has any, the CPU rule on a node without.
+        scaler.settings = settings(min_samplers=3, max_samplers=3)
+        assert scaler.check(force=True)[0].gpus == (0,)
+        gpus.states = []
+        assert "CPU and RAM free" in scaler.check(force=True)[0].reason
+        assert len(control.running("sampler")) == 3
     finally:
         control.stop_all(grace_s=5)
         scaler.close()

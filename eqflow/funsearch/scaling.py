@@ -75,8 +75,9 @@ class ScalingSettings(BaseModel):
     min_samplers: int = Field(default=1, ge=0)
     max_evaluators: int = Field(default=1000, ge=0)
     min_evaluators: int = Field(default=1, ge=0)
-    samplers_need_gpu: bool = Field(default=True, description="false for API or mutation samplers: a sampler "
-                                                              "then starts on the evaluators' CPU rule")
+    samplers_need_gpu: bool | None = Field(
+        default=None, description="null: when the node has GPUs (as the reference, which uses the CPU rule on "
+                                  "a node without); false for API or mutation samplers (the CPU rule)")
     idle_sampler_gpu_utilization: float = Field(default=10.0, ge=0, description="stop first a sampler whose "
                                                                                 "GPUs are under this (%)")
     idle_evaluator_cpu_percent: float = Field(default=20.0, ge=0, description="stop first an evaluator under "
@@ -352,7 +353,8 @@ class DynamicScaler:
                 return make("hold", f"{why}, but already max_samplers {s.max_samplers}")
             if snap.free_ram_gib < s.min_system_memory_gib:
                 return make("hold", f"{why}, but free RAM {snap.free_ram_gib:.1f} GiB < {s.min_system_memory_gib:g}")
-            if not s.samplers_need_gpu:
+            need_gpu = s.samplers_need_gpu if s.samplers_need_gpu is not None else bool(snap.gpus)
+            if not need_gpu:
                 blocked = self._cpu_block(snap)
                 if blocked:
                     return make("hold", f"{why}, but {blocked}")
