@@ -8,7 +8,9 @@ Every ``check_interval`` seconds, at most one start or stop per kind:
   under ``max_gpu_utilization`` % busy (or, when no single GPU does, several such GPUs together
   reach the memory: the sampler gets them all), and ``min_system_memory_gib`` of RAM is free.
   One stops when no ``sample`` task is queued and more than ``min_samplers`` run, preferring one
-  whose GPUs are under ``idle_sampler_gpu_utilization`` % busy (the least busy otherwise).
+  whose GPUs are under ``idle_sampler_gpu_utilization`` % busy (the least busy otherwise). On a
+  node without GPUs, or with ``samplers_need_gpu: false`` (API samplers), samplers start on the
+  evaluators' CPU rule instead of the GPU rule.
 * **Evaluators** start when more than ``evaluator_scale_up_threshold`` ``evaluate`` tasks are
   queued, fewer than ``max_evaluators`` run, the smoothed CPU use is under ``cpu_usage_threshold`` %
   and the 1-minute load per core under ``normalized_load_threshold``. One stops when none is
