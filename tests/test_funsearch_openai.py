@@ -164,3 +164,40 @@ def test_a_sampler_pool_serves_sample_tasks_and_the_key_stays_out_of_db_and_logs
         assert not any(key in str(row[0]) for row in rows), table
     assert key not in log_path.read_text(errors="replace")
     assert "pool started" in log_path.read_text(errors="replace")
+
+
+def test_a_funsearch_run_sampling_through_the_api_keeps_the_key_out_of_everything(
+        db_url: str, key: str, tmp_path: Path) -> None:
+    """`python -m eqflow.funsearch run` with the openai sampler against the stand-in (one 429 on the
+    way): candidates from the API are evaluated and registered; the key, in the environment only,
+    is in no output file, log, pool log or table."""
+    import yaml
+
+    with StandIn(key=key, script=["429"]) as api:
+        cfg = yaml.safe_load((REPO / "cfgs" / "funsearch_local.yaml").read_text())
+        cfg["dbs"] = {"main": {"type": "url", "url": db_url}}
+        cfg["output_dir"] = str(tmp_path / "out")
+        cfg["pools"]["samplers"]["workers"] = 2
+        cfg["funsearch"].update(
+            tests=[{"n": 6, "s": 1}], num_islands=2, samples_per_prompt=2, max_evaluations=5, max_seconds=90,
+            sampler={"type": "openai", "base_url": api.base_url, "model": "stand-in",
+                     "api_key_env": "EQFLOW_TEST_OPENAI_KEY", "backoff_s": 0.05})
+        path = tmp_path / "cfg.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        run = subprocess.run([sys.executable, "-m", "eqflow.funsearch", "run", "oa", "--cfg", str(path),
+                              "--no-progress", "-vv"], cwd=tmp_path, capture_output=True, text=True, timeout=180,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "evaluation budget of 5 reached" in run.stderr, run.stderr[-3000:]
+    assert api.answers[0] == "429" and len(api.seen) >= 2 and all(s.authorized for s in api.seen)
+    assert "def priority_v0(" in api.seen[-1].prompt  # the engine's prompt, parents renamed
+    registered = sql(db_url, "SELECT count(*) FROM fs_programs WHERE exp_id = 'oa' AND sampler = 'openai'")[0][0]
+    assert int(str(registered)) >= 1  # the API's bodies became programs
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert any(p.name == "summary.json" for p in files) and any(p.suffix == ".log" for p in files)
+    for file in files:
+        assert key not in file.read_text(errors="replace"), file
+    assert key not in run.stdout + run.stderr
+    tables = [r[0] for r in sql(db_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+    for table in tables:
+        assert not any(key in str(row[0]) for row in sql(db_url, f"SELECT t::text FROM {table} t")), table
