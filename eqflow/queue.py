@@ -56,6 +56,9 @@ class LocalTaskQueue:
         self._known_experiments: set[str] = set()
         self._last_rescue = 0.0
         self._rescue_lock = threading.Lock()
+        self._notes: dict[int, str] = {}  # reported tasks to announce: task id -> experiment
+        self._notes_cond = threading.Condition()
+        self._notifier: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
@@ -63,7 +66,11 @@ class LocalTaskQueue:
             inbox.close()
         self._work_inboxes.clear()
         if not self._closed:
-            self._closed = True
+            with self._notes_cond:
+                self._closed = True
+                self._notes_cond.notify()
+            if self._notifier is not None:  # the last announcements go out before the connections close
+                self._notifier.join(timeout=10)
             release_listener(self.url)
         self.db.close()
 
@@ -268,14 +275,32 @@ class LocalTaskQueue:
         return accepted, tasks
 
     def _notify_done(self, accepted: set[int], tasks: Iterable[ClaimedTask]) -> None:
-        """Announce reported tasks after their commit (see notify_done in sql/queries.sql)."""
-        done = sorted({t.task_id: t.exp_id for t in tasks if t.task_id in accepted}.items())
+        """Announce reported tasks after their commit (see notify_done in sql/queries.sql), from
+        a thread of the queue's own: the reporting worker does not wait for it, and reports that
+        pile up meanwhile share one notification."""
+        done = {t.task_id: t.exp_id for t in tasks if t.task_id in accepted}
         if not done:
             return
-        try:
-            self.db.execute("notify_done", {"exp_ids": [exp for _, exp in done], "task_ids": [tid for tid, _ in done]})
-        except EqflowError as exc:  # the results are in; a waiter finds them at its next safety poll
-            log.warning("completion notification not sent", extra={"error": str(exc), "count": len(done)})
+        with self._notes_cond:
+            self._notes.update(done)
+            if self._notifier is None:
+                self._notifier = threading.Thread(target=self._send_notes, name="eqflow-notify-done", daemon=True)
+                self._notifier.start()
+            self._notes_cond.notify()
+
+    def _send_notes(self) -> None:
+        while True:
+            with self._notes_cond:
+                while not self._notes and not self._closed:
+                    self._notes_cond.wait()
+                if not self._notes:
+                    return
+                done, self._notes = sorted(self._notes.items()), {}
+            try:
+                self.db.execute("notify_done", {"exp_ids": [exp for _, exp in done],
+                                                "task_ids": [tid for tid, _ in done]})
+            except EqflowError as exc:  # the results are in; a waiter finds them at its next safety poll
+                log.warning("completion notification not sent", extra={"error": str(exc), "count": len(done)})
 
     def report_failure(self, failures: Iterable[tuple[ClaimedTask, str]], retry: bool = True) -> dict[int, TaskStatus]:
         """Report failed runs. With retry, a task goes back to the queue until its

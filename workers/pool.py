@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import logging
 import os
 import signal
@@ -21,7 +22,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_connections
-from typing import Protocol
+from typing import Any, Protocol
 
 from eqflow.compat.eqsql import EQ_STOP
 from eqflow.errors import DatabaseUnavailable, InvalidInput
@@ -82,6 +83,14 @@ class Pool:
         self.metrics: PoolMetrics | None = None  # --metrics-port: the pool's own figures
         self._idle_since = 0.0
         self._starved_since: float | None = None  # the last claim came back short: wait for news
+        self._unreported: list[tuple[ClaimedTask, bool, str]] = []  # finished, not yet reported
+        self._reporter = cf.ThreadPoolExecutor(1, thread_name_prefix="eqflow-report")  # see _send
+        self._inflight: cf.Future[list[ClaimedTask]] | None = None
+        self._inflight_want = 0
+        self._inflight_tasks: list[ClaimedTask] = []
+        self._wake_r, self._wake_w = os.pipe()  # a report coming back wakes the loop's wait
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
 
     def request_stop(self, mode: StopMode) -> None:
         if self._stop_mode is not StopMode.NOW:
@@ -115,31 +124,28 @@ class Pool:
                     last_beat = time.monotonic()
                 if self._stop_mode is StopMode.NOW:
                     break
+                self._reap(runner)
                 in_hand = len(self.waiting) + runner.running
                 want = cfg.batch_size - in_hand
                 starved = self._starved_since
                 news = starved is None or work_inbox.wait(0)[2] or time.monotonic() - starved > cfg.heartbeat_s
-                if want >= cfg.threshold and news:
+                if want >= cfg.threshold and news and self._inflight is None:
+                    # (a report in flight claims for the slots it frees: see _send)
                     wait_s = 0.0 if in_hand else min(cfg.heartbeat_s, 1.0)
                     self._took(self._claim(want, wait_s), want)
                 self._dispatch(runner)
-                if not self.waiting and not runner.running:
+                if not self.waiting and not runner.running and self._inflight is None and not self._unreported:
                     if self._stop_mode is StopMode.DRAIN and self._starved_since is not None:
                         break
                     if cfg.idle_exit_s is not None and time.monotonic() - self._idle_since > cfg.idle_exit_s:
                         break
                     self._rest(work_inbox, news)
                     continue
-                outcomes = runner.collect(timeout=0.05)
+                self._unreported.extend(runner.collect(0.05, self._wake_r if self._inflight else None))
                 self._dispatch(runner)  # keep workers busy while the results are reported
-                want = cfg.batch_size - len(self.waiting) - runner.running
-                if want >= cfg.threshold and any(ok for _, ok, _ in outcomes):
-                    # Report and claim the next tasks in one statement: one commit per batch
-                    # at steady state instead of two.
-                    self._took(self._report(outcomes, claim=want), want)
-                    self._dispatch(runner)
-                else:
-                    self._report(outcomes)
+                self._reap(runner)
+                if self._unreported and self._inflight is None:
+                    self._send(runner)
         except DatabaseUnavailable as exc:
             # With a give-up (--db-timeout), or told to stop by a signal during an outage: by
             # default every call waits the outage out.
@@ -154,6 +160,32 @@ class Pool:
             self._shutdown(runner)
             stop_inbox.close()
         return self.completed
+
+    def _send(self, runner: _Runner) -> None:
+        """Hand the finished tasks' outcomes to the reporting thread: one statement reports them
+        and, with room in hand, claims the next tasks (one commit per batch at steady state
+        instead of two). The loop keeps dispatching and collecting meanwhile; what finishes
+        before the report is back goes in the next one, so reports grow with the database's
+        latency instead of stalling the workers."""
+        due, self._unreported = self._unreported, []
+        want = self.cfg.batch_size - len(self.waiting) - runner.running
+        self._inflight_want = want if want >= self.cfg.threshold and any(ok for _, ok, _ in due) else 0
+        self._inflight_tasks = [task for task, _, _ in due]
+        self._inflight = self._reporter.submit(self._report, due, self._inflight_want)
+        self._inflight.add_done_callback(lambda _: os.write(self._wake_w, b"."))
+
+    def _reap(self, runner: _Runner) -> None:
+        """A report that is back: the tasks it claimed join the waiting line."""
+        if self._inflight is None or not self._inflight.done():
+            return
+        done, self._inflight = self._inflight, None
+        self._inflight_tasks = []
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 4096)
+        claimed = done.result()  # its DatabaseUnavailable, if any, is the loop's
+        if self._inflight_want:
+            self._took(claimed, self._inflight_want)
+            self._dispatch(runner)
 
     def _took(self, claimed: list[ClaimedTask], want: int) -> None:
         """Tasks just claimed (asked for ``want``): into the waiting line; a short claim means
@@ -206,7 +238,8 @@ class Pool:
             self.metrics.heartbeat()
         if mode is not None:
             self.request_stop(mode)
-        held = list(self.waiting) + runner.held() + self.parked_stops
+        held = list(self.waiting) + runner.held() + self.parked_stops + self._inflight_tasks + \
+            [t for t, _, _ in self._unreported]
         if held:
             still = self.queue.extend_leases(held)
             # After a database outage longer than the lease, tasks waiting here may have been
@@ -243,6 +276,20 @@ class Pool:
         return claimed
 
     def _shutdown(self, runner: _Runner) -> None:
+        if self._inflight is not None:  # the report in flight: its claims are returned below
+            try:
+                claimed = self._inflight.result()
+                self.waiting.extend(self._take_stop_messages(claimed) if self._inflight_want else [])
+            except Exception as exc:  # its tasks' leases run out and they are rescued
+                log.warning("last report failed", extra={"pool": self.pool_name, "error": str(exc)})
+            self._inflight = None
+        self._reporter.shutdown(wait=True)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        if self._unreported and not self._db_gone:  # finished here: report, never rerun
+            due, self._unreported = self._unreported, []
+            with contextlib.suppress(DatabaseUnavailable):
+                self._report(due)
         unstarted = list(self.waiting) + self.parked_stops
         started = runner.held()
         self.waiting.clear()
@@ -265,7 +312,7 @@ class _Runner(Protocol):
     def running(self) -> int: ...
     def has_free_slot(self) -> bool: ...
     def start(self, task: ClaimedTask) -> None: ...
-    def collect(self, timeout: float) -> list[tuple[ClaimedTask, bool, str]]: ...
+    def collect(self, timeout: float, wake: int | None = None) -> list[tuple[ClaimedTask, bool, str]]: ...
     def held(self) -> list[ClaimedTask]: ...
     def close(self) -> None: ...
 
@@ -289,10 +336,13 @@ class _ProcessRunner:
     def start(self, task: ClaimedTask) -> None:
         next(s for s in self.slots if not s.busy).submit(self.cfg.spec, task)
 
-    def collect(self, timeout: float) -> list[tuple[ClaimedTask, bool, str]]:
+    def collect(self, timeout: float, wake: int | None = None) -> list[tuple[ClaimedTask, bool, str]]:
+        """Outcomes of finished tasks, waiting up to timeout for one (or for ``wake``, a file
+        descriptor that becomes readable when the pool has news of its own)."""
         busy = [s for s in self.slots if s.busy]
         outcomes = []
-        ready = set(wait_connections([s.conn for s in busy], timeout=timeout)) if busy else set()
+        watched: list[Any] = [s.conn for s in busy] + ([wake] if wake is not None else [])
+        ready = set(wait_connections(watched, timeout=timeout)) if watched else set()
         for slot in busy:
             if slot.conn in ready:
                 try:
@@ -341,7 +391,12 @@ class _ThreadRunner:
         fut = self.executor.submit(run_task, self.cfg.spec, task.task_id, task.payload)
         self.futures[fut] = (task, time.monotonic())
 
-    def collect(self, timeout: float) -> list[tuple[ClaimedTask, bool, str]]:
+    def collect(self, timeout: float, wake: int | None = None) -> list[tuple[ClaimedTask, bool, str]]:
+        if wake is not None:  # a report in flight: look again soon
+            timeout = min(timeout, 0.005)
+        if not self.futures:
+            time.sleep(timeout)
+            return []
         done, _ = cf.wait(list(self.futures), timeout=timeout, return_when=cf.FIRST_COMPLETED)
         outcomes = []
         for fut in done:

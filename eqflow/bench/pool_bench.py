@@ -7,15 +7,15 @@ import json
 import time
 from typing import Any
 
-from eqflow.bench.queue_bench import bench_database
+from eqflow.bench.queue_bench import bench_database, bench_end_to_end
 from eqflow.queue import LocalTaskQueue
 from eqflow.workers.launchers import JobState, LocalLauncher, PoolSpec, wait
 
 
-def _one(queue: LocalTaskQueue, task_type: int, workers: int, seconds: float, n: int) -> float:
+def _one(queue: LocalTaskQueue, task_type: int, workers: int, seconds: float, n: int, batch: int) -> float:
     launcher = LocalLauncher()
     job = launcher.start(PoolSpec([task_type], fn="eqflow.workers.tasks:sleep", workers=workers,
-                                  batch_size=workers * 2, db_url=queue.url, idle_exit=2))
+                                  batch_size=batch, db_url=queue.url, idle_exit=2))
     deadline = time.monotonic() + 60
     while not any(str(p.pid) == job for p in queue.pools(active_only=True)):  # warm: pool registered
         if time.monotonic() > deadline:
@@ -43,13 +43,19 @@ def run(url: str | None = None, progress: Any = None) -> dict[str, Any]:
         for seconds, label in ((0.0, "noop"), (0.01, "10ms")):
             for workers in (1, 2, 4):
                 task_type += 1
-                n = 2000 if seconds == 0 else 150 * workers
-                say(f"{label} x {workers} workers")
-                rate = _one(queue, task_type, workers, seconds, n)
+                n = 5000 if seconds == 0 else 150 * workers
+                batch = workers * (8 if seconds == 0 else 2)  # no-op: 8 in hand per worker
+                say(f"{label} x {workers} workers, batch {batch}")
+                rate = _one(queue, task_type, workers, seconds, n, batch)
                 ideal = workers / seconds if seconds else None
-                rows.append({"task": label, "workers": workers, "tasks": n, "tasks_per_s": round(rate),
+                rows.append({"task": label, "workers": workers, "batch": batch, "tasks": n,
+                             "tasks_per_s": round(rate),
                              "ideal_tasks_per_s": ideal,
                              "efficiency": round(rate / ideal, 2) if ideal else None})
+        # The raw claim/report loop of `eqflow bench queue` (4 processes, batch 100), same run.
+        say("raw claim/report loop x 4 processes, batch 100")
+        raw = bench_end_to_end(queue, 5000, 4, 100, task_type=task_type + 1)
     finally:
         queue.close()
-    return {"pool": rows}
+    pool4 = float(next(r["tasks_per_s"] or 0 for r in rows if r["task"] == "noop" and r["workers"] == 4))
+    return {"pool": rows, "raw_loop_tasks_per_s": round(raw), "noop_4_workers_over_raw": round(pool4 / raw, 2)}
