@@ -216,7 +216,7 @@ def test_greedy_baseline() -> None:
     assert deletion_code_size(lambda el, n, s: -(sum(i * x for i, x in enumerate(el, 1)) % (n + 1)), 6) == 10
 
 
-@pytest.mark.slow
 def test_search_improves_deletion_code_from_8_to_10() -> None:
-    best, used = search(seed=1, budget=400, n=6, target=10)
+    assert evaluate("    return 0.0\n", 6) == 8  # where the search starts
+    best, used = search(seed=1, budget=400, n=6, target=10)  # about 40 evaluations, well under a second
     assert best == 10, f"best {best} after {used} evaluations"
