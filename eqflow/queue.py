@@ -231,7 +231,7 @@ class LocalTaskQueue:
         texts = [validate.text(result, "result", self.max_payload_bytes) for _, result in pairs]
         rows = self.db.fetch_all("report_results", {"task_ids": ids, "claim_ids": claims, "results": texts})
         accepted = {r[0] for r in rows}
-        self._notify_done(accepted, (task for task, _ in pairs))
+        self._notify_done({tid: exp for tid, exp in rows})
         if len(accepted) < len(set(ids)):
             log.warning("reports rejected: lease no longer held",
                         extra={"task_ids": sorted(set(ids) - accepted)[:20]})
@@ -264,21 +264,21 @@ class LocalTaskQueue:
         else:
             params["task_types"] = list(types)
             rows = self.db.fetch_all("report_and_claim_many_types", params)
-        accepted = {r[0] for r in rows if r[1] is None}
-        self._notify_done(accepted, (task for task, _ in pairs))
+        done = {r[1]: r[2] for r in rows if not r[0]}
+        accepted = set(done)
+        self._notify_done(done)
         tasks = [ClaimedTask(tid, exp, typ, prio, payload, tag, attempt, claim_id, pool)
-                 for tid, exp, typ, prio, payload, tag, attempt, claim_id in rows if exp is not None]
+                 for claimed, tid, exp, typ, prio, payload, tag, attempt, claim_id in rows if claimed]
         tasks.sort(key=lambda t: (-t.priority, t.task_id))
         if len(accepted) < len(set(ids)):
             log.warning("reports rejected: lease no longer held",
                         extra={"task_ids": sorted(set(ids) - accepted)[:20]})
         return accepted, tasks
 
-    def _notify_done(self, accepted: set[int], tasks: Iterable[ClaimedTask]) -> None:
+    def _notify_done(self, done: dict[int, str]) -> None:
         """Announce reported tasks after their commit (see notify_done in sql/queries.sql), from
         a thread of the queue's own: the reporting worker does not wait for it, and reports that
-        pile up meanwhile share one notification."""
-        done = {t.task_id: t.exp_id for t in tasks if t.task_id in accepted}
+        pile up meanwhile share one notification. done: task id -> experiment, as the database has it."""
         if not done:
             return
         with self._notes_cond:

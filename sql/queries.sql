@@ -66,7 +66,7 @@ FROM unnest(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(results)s::text[]
      AS r(task_id, claim_id, result), quiet
 WHERE t.task_id = r.task_id AND t.status = 'running'
   AND (r.claim_id IS NULL OR t.claim_id = r.claim_id)
-RETURNING t.task_id;
+RETURNING t.task_id, t.exp_id;
 
 -- name: notify_done
 -- The eqflow_done notification of tasks just reported (report_results, report_and_claim_*), sent
@@ -85,8 +85,8 @@ SELECT set_config('synchronous_commit', 'off', true),
 -- name: report_and_claim_one_type
 -- report_results and claim_one_type in one statement, one commit: a pool at steady state
 -- spends one transaction per task (batch) instead of two. The reported rows are 'running' and
--- the claimed ones 'queued', so the two updates never touch the same row. Rows with a NULL
--- exp_id are the accepted reports (task_id only); the others are the claimed tasks. As
+-- the claimed ones 'queued', so the two updates never touch the same row. The first column
+-- tells the accepted reports (false: task_id, exp_id) from the claimed tasks (true). As
 -- report_results, the caller sends notify_done after the commit.
 WITH quiet AS MATERIALIZED (SELECT set_config('eqflow.notify_done', 'deferred', true)),
 reported AS (
@@ -97,7 +97,7 @@ reported AS (
          AS r(task_id, claim_id, result), quiet
     WHERE t.task_id = r.task_id AND t.status = 'running'
       AND (r.claim_id IS NULL OR t.claim_id = r.claim_id)
-    RETURNING t.task_id),
+    RETURNING t.task_id, t.exp_id),
 picked AS (
     SELECT task_id FROM tasks
     WHERE status = 'queued' AND task_type = %(task_type)s
@@ -111,10 +111,10 @@ claimed AS (
         lease_expires_at = now() + make_interval(secs => %(lease_s)s), started_at = now()
     FROM picked WHERE t.task_id = picked.task_id
     RETURNING t.task_id, t.exp_id, t.task_type, t.priority, t.payload, t.tag, t.attempts, t.claim_id)
-SELECT task_id, NULL::text, NULL::integer, NULL::integer, NULL::text, NULL::text, NULL::integer,
+SELECT false, task_id, exp_id, NULL::integer, NULL::integer, NULL::text, NULL::text, NULL::integer,
        NULL::bigint FROM reported
 UNION ALL
-SELECT * FROM claimed;
+SELECT true, * FROM claimed;
 
 -- name: report_and_claim_many_types
 -- report_and_claim_one_type for several task types.
@@ -127,7 +127,7 @@ reported AS (
          AS r(task_id, claim_id, result), quiet
     WHERE t.task_id = r.task_id AND t.status = 'running'
       AND (r.claim_id IS NULL OR t.claim_id = r.claim_id)
-    RETURNING t.task_id),
+    RETURNING t.task_id, t.exp_id),
 picked AS (
     SELECT task_id FROM tasks
     WHERE status = 'queued' AND task_type = ANY(%(task_types)s::integer[])
@@ -141,10 +141,10 @@ claimed AS (
         lease_expires_at = now() + make_interval(secs => %(lease_s)s), started_at = now()
     FROM picked WHERE t.task_id = picked.task_id
     RETURNING t.task_id, t.exp_id, t.task_type, t.priority, t.payload, t.tag, t.attempts, t.claim_id)
-SELECT task_id, NULL::text, NULL::integer, NULL::integer, NULL::text, NULL::text, NULL::integer,
+SELECT false, task_id, exp_id, NULL::integer, NULL::integer, NULL::text, NULL::text, NULL::integer,
        NULL::bigint FROM reported
 UNION ALL
-SELECT * FROM claimed;
+SELECT true, * FROM claimed;
 
 -- name: report_failures
 -- Retryable failures go back to the queue until max_attempts runs have failed (or were lost);

@@ -139,3 +139,17 @@ def test_reprioritization_announces_nothing(queue, db_url):
     assert _notifications(db_url, lambda: queue.set_priorities(futs, [5, 6])) == []
     assert _notifications(db_url, lambda: queue.set_priorities(futs, 9)) == []
     assert _notifications(db_url, lambda: queue.cancel([futs[0]])) == [("eqflow_done", f"exp|{futs[0].task_id}")]
+
+
+def test_a_report_that_names_only_the_lease_announces_the_tasks_experiment(queue, db_url):
+    """The service and the Globus ops rebuild a lease from task and claim ids alone: the
+    notification takes the experiment from the database, not from the caller's object."""
+    from eqflow.models import ClaimedTask
+
+    futs = queue.submit_many("exp-x", 1, ["a", "b"])
+    a, b = queue.claim(1, n=2, pool="p")
+    bare = [ClaimedTask(t.task_id, "", 0, 0, "", None, 0, t.claim_id, "") for t in (a, b)]
+    got = _notifications(db_url, lambda: queue.report([(bare[0], "ok")]))
+    assert got == [("eqflow_done", f"exp-x|{futs[0].task_id}")]
+    got = _notifications(db_url, lambda: queue.report_and_claim([(bare[1], "ok")], 1, n=1, pool="p"))
+    assert got == [("eqflow_done", f"exp-x|{futs[1].task_id}")]
