@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from pydantic.fields import FieldInfo
 
 from eqflow.errors import ConfigError
+from eqflow.funsearch.scaling import ScalingSettings
 
 _VAR = re.compile(r"\$\{(\w+)\}")
 _SECRET_KEYS = {"url", "token", "db"}  # never echoed back in an error (passwords)
@@ -175,6 +176,8 @@ class PoolConfig(Model):
     cmd: str | None = Field(default=None,
                             description="or a shell command template with {payload}, {payload_file}, {task_id}")
     workers: int = Field(default=1, ge=1, description="tasks run at once")
+    threads: bool = Field(default=False, description="run tasks in threads of the pool process instead of worker "
+                                                     "processes (I/O-bound work; a batching LLM sampler)")
     batch_size: int = Field(default=0, ge=0, description="most tasks in hand (0: workers)")
     threshold: int = Field(default=1, ge=1, description="free worker slots before the pool claims more")
     nodes: int = Field(default=1, ge=1, description="nodes per batch job (slurm, pbs, globus)")
@@ -275,6 +278,8 @@ class FunSearchConfig(Model):
     eval_memory_mb: int = Field(default=1024, ge=64, description="memory one evaluation may use, MiB")
     in_flight_per_slot: int = Field(default=2, ge=1, le=64, description="tasks in flight per live sampler or "
                                     "evaluator slot (the cap on work in flight)")
+    scaling: ScalingSettings = Field(default_factory=ScalingSettings,
+                                     description="dynamic scaling of samplers and evaluators (the reference's rules)")
     selection: Literal["funsearch", "hill_climb", "random"] = Field(
         default="funsearch", description="how parents are chosen: funsearch (clusters, temperature), hill_climb "
                                          "(each island's best), random (always the spec's own function: random "

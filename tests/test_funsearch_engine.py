@@ -315,3 +315,21 @@ def test_the_same_sampler_and_evaluator_search_cap_sets(queue: LocalTaskQueue, t
     assert stop.reason.startswith("targets reached"), stop
     summary = write_outputs(queue.db, "caps", fs.spec, fs.tests, tmp_path / "caps")
     assert summary["sizes"][0]["size"] >= 18 and summary["sizes"][0]["known"] == 20
+
+
+def test_with_dynamic_scaling_the_scaler_starts_the_pools(queue: LocalTaskQueue, tmp_path: Path) -> None:
+    """funsearch.scaling.enabled: no pool from the config; the scaler's first checks start
+    min_samplers / min_evaluators (CPU rule: no GPU here) and its decisions are recorded."""
+    scaling = {"enabled": True, "check_interval": 0.5, "min_samplers": 1, "min_evaluators": 1, "max_samplers": 1,
+               "max_evaluators": 2, "samplers_need_gpu": False, "cpu_usage_threshold": 100,
+               "normalized_load_threshold": 1000, "min_system_memory_gib": 0}
+    cfg = config(queue.url, tmp_path, optimal_solution_programs=0, max_seconds=150, scaling=scaling)
+    fs = FunSearch(queue, cfg, "scaled", out=tmp_path / "scaled", progress=False)
+    stop = fs.run()
+    assert stop.reason.startswith("targets reached"), stop
+    started_by = {(e.data["task"], e.data["reason"].split(";")[0]) for e in queue.events("scaled", kind="pool_started")}
+    assert started_by == {("sampler", "0 samplers < min_samplers 1"), ("evaluator", "0 evaluators < min_evaluators 1")}
+    started = sql(queue.url, "SELECT count(*) FROM scaling_decisions WHERE action = 'start'")[0][0]
+    assert started >= 2  # a sampler and an evaluator
+    assert list((tmp_path / "scaled" / "logs").glob("resources_*.log"))
+    assert wait_for(lambda: not queue.pools(active_only=True), timeout=60)  # stopped at the end

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from eqflow.errors import ConfigError, EqflowError
+from eqflow.funsearch.scaling import add_scaling_arguments, settings_from_args
 from eqflow.logs import setup_logging
 
 
@@ -37,6 +38,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     run.add_argument("--max-seconds", type=float, default=None, help="override funsearch.max_seconds")
     run.add_argument("--no-progress", action="store_true",
                      help="no progress display (default: a bar on a terminal, a status line every 10 s elsewhere)")
+    add_scaling_arguments(run)
     run.add_argument("-v", "--verbose", action="count", default=0, help="log what happens (-vv: more)")
     run.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     return parser
@@ -62,9 +64,10 @@ def _config(args: argparse.Namespace) -> Any:
     cfg = load_workflow_config(path)
     if cfg.funsearch is None:
         raise ConfigError(f"{path}: no funsearch: section (see cfgs/funsearch_local.yaml)")
-    updates = {k: v for k, v in {"spec": args.spec_path, "max_evaluations": args.max_evaluations,
-                                 "max_seconds": args.max_seconds}.items() if v is not None}
-    if updates:
+    updates: dict[str, Any] = {k: v for k, v in {"spec": args.spec_path, "max_evaluations": args.max_evaluations,
+                                                 "max_seconds": args.max_seconds}.items() if v is not None}
+    updates["scaling"] = settings_from_args(cfg.funsearch.scaling, args)
+    if updates:  # the config was validated; the flags were by settings_from_args and argparse
         cfg = cfg.model_copy(update={"funsearch": cfg.funsearch.model_copy(update=updates)})
     return cfg, path
 

@@ -27,6 +27,7 @@ from eqflow.config import FunSearchConfig, WorkflowConfig
 from eqflow.db.sqlfiles import query
 from eqflow.funsearch.code import body_hash, function_source, trim_completion
 from eqflow.funsearch.programs import DatabaseSettings, Program, ProgramsView
+from eqflow.funsearch.prompts import restore_names
 from eqflow.funsearch.samplers import SampleRequest
 from eqflow.funsearch.spec import Spec, test_key
 from eqflow.futures import Future
@@ -99,6 +100,7 @@ class FunSearch:
             cluster_temperature_period=self.fs.cluster_temperature_period,
             reset_period_s=self.fs.reset_period_s, reset_programs=self.fs.reset_programs), self.rng)
         self.pools = PoolKeeper(queue, cfg, exp_id, self.out)
+        self.scaler: Any = None  # DynamicScaler when funsearch.scaling.enabled
         self.samples: dict[int, Future] = {}
         self.evaluations: dict[int, Future] = {}
         self.counters = Counters()
@@ -152,7 +154,9 @@ class FunSearch:
         log.info("funsearch session", extra={"exp_id": self.exp_id, "spec": self.spec.name,
                                              "tests": len(self.tests), "programs": self.view.total(),
                                              "evaluated": self.counters.evaluated, **recovered})
-        if self.start_pools:
+        if self.start_pools and self.fs.scaling.enabled:
+            self.scaler = self._scaler()  # its first check starts min_samplers / min_evaluators
+        elif self.start_pools:
             self._start_pools()
         bar = Progress(self.fs.max_evaluations or 0, self.exp_id, enabled=self.progress,
                        initial=self.counters.evaluated)
@@ -161,6 +165,8 @@ class FunSearch:
         last_progress = 0.0
         try:
             while (stop := self._stop_reason()) is None:
+                if self.scaler is not None:
+                    self.scaler.check()
                 self._top_up()
                 pending = {**self.samples, **self.evaluations}
                 rows = watch.finished(pending, 0.5) if pending else []
@@ -181,6 +187,21 @@ class FunSearch:
             self._finish(stop)
         return stop
 
+    def _scaler(self) -> Any:
+        from eqflow.funsearch.scaling import DynamicScaler, LocalPools
+
+        pools = LocalPools.from_config(self.cfg, self.exp_id, self.queue, self.out / "pool-logs")
+        return DynamicScaler(self.queue, self.exp_id, self.fs.scaling, pools,
+                             task_types={"sampler": self.sample_type, "evaluator": self.evaluate_type},
+                             log_dir=self.out / "logs")
+
+    def _stop_pools(self) -> None:
+        self.pools.stop_all()
+        if self.scaler is not None:
+            self.scaler.pools.stop_all()
+            self.scaler.close()
+            self.scaler = None
+
     def _stop_reason(self) -> Stop | None:
         fs, c = self.fs, self.counters
         if c.after_target is not None and c.after_target >= fs.optimal_solution_programs:
@@ -193,12 +214,12 @@ class FunSearch:
 
     def _finish(self, stop: Stop | None) -> None:
         if stop is None or not stop.finished:
-            self.pools.stop_all()
+            self._stop_pools()
             self.queue.record_event(self.exp_id, "interrupted", {"evaluated": self.counters.evaluated})
             return
         canceled = self.db.fetch_all("fs_cancel_queued_types", {
             "exp_id": self.exp_id, "types": [self.sample_type, self.evaluate_type]})
-        self.pools.stop_all()
+        self._stop_pools()
         self.queue.record_event(self.exp_id, "finished", {
             "reason": stop.reason, "evaluated": self.counters.evaluated, "programs": self.counters.registered,
             "canceled": len(canceled)})
@@ -370,7 +391,7 @@ class FunSearch:
                          completions: list[str], first_idx: int = 0) -> None:
         """Record a sample's candidates once, then ask for the evaluations not cached."""
         stale = version != self.view.islands[island].version
-        trimmed = [trim_completion(c, self.spec.function_name, self.spec.header) for c in completions]
+        trimmed = [self._trim(c) for c in completions]
         hashes = [body_hash(t, self.spec.header) if t is not None else None for t in trimmed]
         states = ["stale" if stale else "unparsed" if t is None else "pending" for t in trimmed]
         idxs = [first_idx + i for i in range(len(trimmed))]
@@ -385,6 +406,12 @@ class FunSearch:
         for idx, body, digest, state in zip(idxs, trimmed, hashes, states, strict=True):
             if idx in inserted and state == "pending" and body is not None and digest is not None:
                 self._request_evaluation(digest, body, island)
+
+    def _trim(self, completion: str) -> str | None:
+        """The first function body that parses, with calls of ``priority_vK`` (the names a prompt
+        shows) named back to the evolved function."""
+        body = trim_completion(completion, self.spec.function_name, self.spec.header)
+        return None if body is None else restore_names(body, self.spec.function_name)
 
     def _request_evaluation(self, digest: str, body: str, island: int) -> None:
         claimed = self.db.fetch_all("fs_claim_evaluation", {"exp_id": self.exp_id, "body_hash": digest,

@@ -114,7 +114,7 @@ class PoolKeeper:
         name = f"{self.exp_id}-{config_name}-{self.started_before() + 1}"
         spec = PoolSpec([self.cfg.tasks[task].type], fn=pool.fn, cmd=pool.cmd, name=name,
                         workers=pool.workers, batch_size=pool.batch_size, threshold=pool.threshold,
-                        idle_exit=pool.idle_exit,
+                        threads=pool.threads, idle_exit=pool.idle_exit,
                         db_url=getattr(self.queue, "url", None) if pool.type == "local" else None)
         launcher = make_launcher(pool, self.cfg, self.out, self.executors)
         job = launcher.start(spec)
