@@ -6,7 +6,10 @@ database, real sampler and evaluator pools, the sandboxed evaluator, deletion-co
    parent-selection strategies run seed by seed, interleaved, on the same pools:
    ``funsearch`` (10 islands, clusters, temperature), ``hill_climb`` (one island, always its best
    program) and ``random`` (always the spec's own function: random search over the same
-   mutations). Reported: seeds reaching the targets, median evaluations to reach them.
+   mutations). Each with the mutation sampler's two priors: ``uniform`` (the default; every term of
+   a kind equally likely: it knows nothing of the problem) and ``tuned`` (term weights set by hand
+   while tuning on deletion codes: problem knowledge, shown for comparison). Reported: seeds
+   reaching the targets, median evaluations to reach them.
 2. Longer run: FunSearch for ``--long-seconds`` on s = 1, n = 9..11 and s = 2, n = 7..10; the
    largest code found per test beside VT / best known.
 3. Evaluator throughput: the same ``--throughput-tasks`` candidate bodies evaluated by a pool of
@@ -21,6 +24,7 @@ results.json and success.png (share of seeds at the targets against evaluations)
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -47,7 +51,7 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def config(url: str, out: Path, evaluators: int, **funsearch: Any) -> WorkflowConfig:
+def config(url: str, out: Path, evaluators: int, prior: str = "uniform", **funsearch: Any) -> WorkflowConfig:
     return WorkflowConfig.model_validate({
         "dbs": {"main": {"type": "url", "url": url}},
         "pools": {"samplers": {"type": "local", "fn": "eqflow.funsearch.tasks:sample", "workers": 1,
@@ -56,23 +60,23 @@ def config(url: str, out: Path, evaluators: int, **funsearch: Any) -> WorkflowCo
                                  "idle_exit": 600}},
         "tasks": {"sample": {"type": SAMPLE, "pools": ["samplers"]},
                   "evaluate": {"type": EVALUATE, "pools": ["evaluators"]}},
-        "funsearch": {"sampler": {"type": "mutation"}, "samples_per_prompt": 4, **funsearch},
+        "funsearch": {"sampler": {"type": "mutation", "prior": prior}, "samples_per_prompt": 4, **funsearch},
         "output_dir": str(out)})
 
 
-def quality_run(queue: LocalTaskQueue, url: str, out: Path, tag: str, strategy: str, seed: int,
-                evaluations: int, evaluators: int) -> dict[str, Any]:
-    islands = 10 if strategy == "funsearch" else 1
-    cfg = config(url, out, evaluators, tests=QUALITY_TESTS, targets=[10, 16, 30], optimal_solution_programs=0,
-                 max_evaluations=evaluations, num_islands=islands, selection=strategy)
+def quality_run(queue: LocalTaskQueue, url: str, out: Path, tag: str, strategy: str, prior: str, seed: int,
+                evaluations: int, evaluators: int, islands: int, reduce: str) -> dict[str, Any]:
+    cfg = config(url, out, evaluators, prior, tests=QUALITY_TESTS, targets=[10, 16, 30], optimal_solution_programs=0,
+                 max_evaluations=evaluations, num_islands=islands if strategy == "funsearch" else 1,
+                 selection=strategy, reduce=reduce)
     cfg = cfg.model_copy(update={"seed": seed})
-    exp_id = f"{tag}-{strategy}-{seed}"
+    exp_id = f"{tag}-{strategy}-{prior}-{seed}"
     started = time.monotonic()
     engine = FunSearch(queue, cfg, exp_id, out=out / exp_id, progress=False, start_pools=False)
     stop = engine.run()
     reached = queue.events(exp_id, kind="targets_reached")
     best = engine.view.best
-    return {"strategy": strategy, "seed": seed, "reached": bool(reached),
+    return {"strategy": strategy, "prior": prior, "seed": seed, "reached": bool(reached),
             "evaluations_to_targets": reached[0].data["evaluated"] if reached else None,
             "evaluated": engine.counters.evaluated, "best_scores": best.scores if best else None,
             "seconds": round(time.monotonic() - started, 1), "stop": stop.reason}
@@ -135,12 +139,10 @@ def throughput(queue: LocalTaskQueue, url: str, out: Path, tag: str, tasks: int)
 
 def summarise(runs: list[dict[str, Any]], evaluations: int) -> dict[str, Any]:
     table = {}
-    for strategy in STRATEGIES:
-        mine = [r for r in runs if r["strategy"] == strategy]
-        if not mine:
-            continue
+    for label in dict.fromkeys(f"{r['strategy']} / {r['prior']}" for r in runs):
+        mine = [r for r in runs if f"{r['strategy']} / {r['prior']}" == label]
         hits = [r["evaluations_to_targets"] for r in mine if r["reached"]]
-        table[strategy] = {"seeds": len(mine), "reached": len(hits),
+        table[label] = {"seeds": len(mine), "reached": len(hits),
                            "median_evaluations": statistics.median(hits) if hits else None,
                            "max_evaluations": max(hits) if hits else None,
                            "median_seconds": statistics.median(r["seconds"] for r in mine)}
@@ -152,14 +154,12 @@ def plot(runs: list[dict[str, Any]], evaluations: int, path: Path) -> None:
 
     from eqflow.workflows.plots import save_figure
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for strategy in STRATEGIES:
-        mine = [r for r in runs if r["strategy"] == strategy]
-        if not mine:
-            continue
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label in dict.fromkeys(f"{r['strategy']} / {r['prior']}" for r in runs):
+        mine = [r for r in runs if f"{r['strategy']} / {r['prior']}" == label]
         xs = list(range(0, evaluations + 1, max(1, evaluations // 100)))
         ys = [sum(1 for r in mine if r["reached"] and r["evaluations_to_targets"] <= x) / len(mine) for x in xs]
-        ax.step(xs, ys, where="post", label=strategy)
+        ax.step(xs, ys, where="post", label=label, linestyle="-" if label.endswith("uniform") else "--")
     ax.set_xlabel("evaluations")
     ax.set_ylabel("share of seeds with 10/16/30 (n = 6, 7, 8; s = 1)")
     ax.set_ylim(-0.02, 1.02)
@@ -170,7 +170,8 @@ def plot(runs: list[dict[str, Any]], evaluations: int, path: Path) -> None:
 
 
 def markdown(table: dict[str, Any], long: dict[str, Any] | None, speed: dict[str, Any] | None) -> str:
-    lines = ["| strategy | seeds at 10/16/30 | median evaluations | worst | median s/run |", "|---|---|---|---|---|"]
+    lines = ["| strategy / prior | seeds at 10/16/30 | median evaluations | worst | median s/run |",
+             "|---|---|---|---|---|"]
     for strategy, row in table.items():
         lines.append(f"| {strategy} | {row['reached']}/{row['seeds']} | {row['median_evaluations']} | "
                      f"{row['max_evaluations']} | {row['median_seconds']} |")
@@ -193,11 +194,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluations", type=int, default=500, help="budget per run")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--evaluators", type=int, default=2, help="evaluator workers")
+    parser.add_argument("--priors", default="uniform,tuned",
+                        help="mutation sampler priors: uniform (knows nothing of the problem), tuned (term weights "
+                             "set by hand on deletion codes, for comparison)")
+    parser.add_argument("--islands", type=int, default=10, help="islands of the funsearch strategy")
+    parser.add_argument("--reduce", default="last", choices=["last", "average", "weighted"],
+                        help="how the per-test sizes combine into a program's score")
     parser.add_argument("--long-seconds", type=float, default=300.0, help="the longer run (0: skip it)")
     parser.add_argument("--throughput-tasks", type=int, default=200, help="0: skip the throughput part")
     parser.add_argument("--out", default="out/funsearch-bench")
     args = parser.parse_args(argv)
     strategies = [s for s in args.strategies.split(",") if s]
+    priors = [p for p in args.priors.split(",") if p]
     unknown = set(strategies) - set(STRATEGIES)
     if unknown:
         parser.error(f"unknown strategies {sorted(unknown)}; known: {', '.join(STRATEGIES)}")
@@ -205,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = f"fsq-{uuid.uuid4().hex[:6]}"
-    results: dict[str, Any] = {"tag": tag, "seeds": args.seeds, "evaluations": args.evaluations}
+    results: dict[str, Any] = {"tag": tag, "seeds": args.seeds, "evaluations": args.evaluations,
+                               "islands": args.islands, "reduce": args.reduce}
     with LocalTaskQueue(url) as queue:
         runs: list[dict[str, Any]] = []
         if args.seeds and strategies:
@@ -215,10 +224,11 @@ def main(argv: list[str] | None = None) -> int:
             keeper.start("evaluate", "evaluators", reason="benchmark")
             try:
                 for seed in range(args.seeds):
-                    for strategy in strategies:
-                        run = quality_run(queue, url, out, tag, strategy, seed, args.evaluations, args.evaluators)
+                    for prior, strategy in itertools.product(priors, strategies):
+                        run = quality_run(queue, url, out, tag, strategy, prior, seed, args.evaluations,
+                                          args.evaluators, args.islands, args.reduce)
                         runs.append(run)
-                        say(f"[quality] seed {seed:2d} {strategy:<10} reached={run['reached']!s:<5} "
+                        say(f"[quality] seed {seed:2d} {strategy:<10} {prior:<7} reached={run['reached']!s:<5} "
                             f"after {run['evaluations_to_targets']} evaluations ({run['seconds']} s)")
                 if args.long_seconds > 0:
                     results["long"] = long_run(queue, url, out, tag, args.long_seconds, args.evaluators)

@@ -16,12 +16,14 @@ candidate, default 80), ``max_depth`` (default 12), ``crossover_rate`` (share of
 crossover when there are two parents, default 0.15), ``max_edits`` (edits per candidate, at most;
 default 3), ``term_wrap_rate`` (how often a new term comes already wrapped, default 0.5),
 ``weights`` (relative weights of the edits, overriding ``DEFAULT_WEIGHTS``), ``attempts`` (tries per
-candidate asked for before giving up on distinct ones, default 40).
+candidate asked for before giving up on distinct ones, default 40), ``prior`` (``uniform``, the
+default: every term of a kind equally likely; ``tuned``: the hand-set term weights below, which
+favour index-weighted sums and ``n + 1`` -- knowledge of deletion codes, kept for comparison).
 
 Candidates that read none of the function's arguments (or, when it has others, only its int
 arguments: sizes such as ``n``, fixed across one evaluation) are not returned: they are constants.
-The operator mix was tuned offline on a deletion-codes greedy (a scratch script, not shipped);
-nothing in here names that problem or its answers.
+The edit mix was tuned offline on a deletion-codes greedy (a scratch script, not shipped); nothing
+in here names that problem or its answers, and the default prior gives every term the same weight.
 """
 
 from __future__ import annotations
@@ -289,6 +291,7 @@ class Mutator:
     weights: dict[str, float] = field(default_factory=dict)
     term_wrap_rate: float = 0.5
     top_wrap_rate: float = 0.5
+    prior: str = "uniform"
 
     # Terms -----------------------------------------------------------------------------------------------
 
@@ -305,6 +308,8 @@ class Mutator:
         return _expr(template.format(c=self.small_int(), **loops, **known))
 
     def _pick(self, table: tuple[tuple[str, float], ...], **known: str) -> ast.expr:
+        if self.prior == "uniform":  # every term as likely as any other: nothing known of the problem
+            table = tuple((template, 1.0) for template, _ in table)
         return self._fill(_weighted(self.rng, table), **known)
 
     def small_int(self) -> int:
@@ -533,6 +538,11 @@ def body_text(function: ast.FunctionDef) -> str:
     )
 
 
+# How likely each term is: "uniform" (the default) knows nothing of the problem; "tuned" carries
+# the weights of the tables above, set by hand while tuning on deletion codes (index-weighted sums
+# and n + 1 favoured): problem knowledge, for comparison only.
+PRIORS = ("uniform", "tuned")
+
 DEFAULT_WEIGHTS: dict[str, float] = {
     "perturb": 0.1, "swap": 0.15, "replace": 0.15, "insert": 0.15, "wrap": 0.25, "simplify": 0.1, "drop": 0.02,
     "fresh": 0.3,
@@ -546,7 +556,10 @@ class MutationSampler:
 
     def __init__(self, max_nodes: int = 80, max_depth: int = 12, crossover_rate: float = 0.15,
                  max_edits: int = 3, weights: dict[str, float] | None = None, attempts: int = 40,
-                 term_wrap_rate: float = 0.5) -> None:
+                 term_wrap_rate: float = 0.5, prior: str = "uniform") -> None:
+        if prior not in PRIORS:
+            raise ValueError(f"unknown mutation prior {prior!r}; known: {', '.join(PRIORS)}")
+        self.prior = prior
         self.max_nodes = int(max_nodes)
         self.max_depth = int(max_depth)
         self.crossover_rate = float(crossover_rate)
@@ -566,7 +579,8 @@ class MutationSampler:
         if not parents:
             # Nothing to edit: start from a constant, as a spec's initial program does.
             parents = [_function(request.header, "return 0.0")]
-        mutator = Mutator(signature, rng, self.max_nodes, self.max_depth, self.weights, self.term_wrap_rate)
+        mutator = Mutator(signature, rng, self.max_nodes, self.max_depth, self.weights, self.term_wrap_rate,
+                          prior=self.prior)
         seen = {_canonical(p) for p in parents}
         bodies: list[str] = []
         spare: list[str] = []  # valid candidates that repeat one already given: best effort fill
@@ -632,7 +646,8 @@ def _seed(request: SampleRequest) -> int:
 
 
 def _iter_kwargs(config: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-    allowed = {"max_nodes", "max_depth", "crossover_rate", "max_edits", "weights", "attempts", "term_wrap_rate"}
+    allowed = {"max_nodes", "max_depth", "crossover_rate", "max_edits", "weights", "attempts", "term_wrap_rate",
+               "prior"}
     for key, value in config.items():
         if key not in allowed:
             raise ValueError(f"unknown mutation sampler option {key!r}; known: {', '.join(sorted(allowed))}")
