@@ -141,8 +141,13 @@ def _plot_progress(evaluations: list[tuple[Any, ...]], path: Path, title: str) -
         by_time.step(ts, ys, where="post")
     by_count.set_xlabel("evaluations")
     by_time.set_xlabel("seconds since the first evaluation")
+    from matplotlib.ticker import MaxNLocator
+
+    integral = all(score is None or float(score).is_integer() for _, score in scored)
     for ax in (by_count, by_time):
         ax.set_ylabel("best score")
         ax.grid(alpha=0.3)
+        if integral:  # code sizes, cap sizes: no 15.25
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(f"FunSearch ({title}): best score so far")
     save_figure(fig, path)
