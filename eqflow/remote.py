@@ -35,6 +35,13 @@ def _claim(q: LocalTaskQueue, task_types: list[int], n: int = 1, pool: str = "de
     return {"tasks": [asdict(t) for t in q.claim(task_types, n=n, pool=pool, timeout=wait, lease_s=lease_s)]}
 
 
+def _report_and_claim(q: LocalTaskQueue, results: list[dict[str, Any]], task_types: list[int], n: int = 1,
+                      pool: str = "default", lease_s: float | None = None) -> dict[str, Any]:
+    accepted, tasks = q.report_and_claim(zip(_leases(results), [r["result"] for r in results], strict=True),
+                                         task_types, n=n, pool=pool, lease_s=lease_s)
+    return {"accepted": sorted(accepted), "tasks": [asdict(t) for t in tasks]}
+
+
 def _leases(tasks: list[dict[str, Any]]) -> list[ClaimedTask]:
     ids = validate.task_ids(t["task_id"] for t in tasks)
     claims = [t.get("claim_id") for t in tasks]
@@ -79,6 +86,7 @@ OPS: dict[str, Callable[..., dict[str, Any]]] = {
         "task_ids": [f.task_id for f in q.submit_many(exp_id, task_type, payloads, priority, tag, max_attempts,
                                                        idempotency_key)]},
     "claim": _claim,
+    "report_and_claim": _report_and_claim,
     "report": lambda q, results: {"accepted": sorted(q.report(
         [(t, r["result"]) for t, r in zip(_leases(results), results, strict=True)]))},
     "report_failure": lambda q, failures, retry=True: {"statuses": {

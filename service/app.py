@@ -86,6 +86,14 @@ class ReportBody(Strict):
     results: list[Result]
 
 
+class ReportClaimBody(Strict):
+    results: list[Result]
+    task_types: list[StrictInt]
+    n: StrictInt = 1
+    pool: StrictStr = "default"
+    lease_s: float | None = Field(None, gt=0)
+
+
 class FailBody(Strict):
     failures: list[Failure]
     retry: StrictBool = True
@@ -487,6 +495,13 @@ async def _long_poll(request: Request, ctx: _Context, deadline: float,
 def report(request: Request, body: ReportBody) -> dict[str, Any]:
     """Complete claimed tasks; only the current lease holder's report is accepted."""
     return _op(request, "report", body.model_dump(), len(body.results))
+
+
+@router.post("/tasks/report-claim", tags=["pools"])
+def report_and_claim(request: Request, body: ReportClaimBody) -> dict[str, Any]:
+    """Complete claimed tasks and claim up to n more, in one statement and one commit (a
+    worker at steady state); never waits for work: use /tasks/claim when it comes back empty."""
+    return _op(request, "report_and_claim", body.model_dump(), max(len(body.results), body.n))
 
 
 @router.post("/tasks/fail", tags=["pools"])

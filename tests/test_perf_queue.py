@@ -153,3 +153,25 @@ def test_a_report_that_names_only_the_lease_announces_the_tasks_experiment(queue
     assert got == [("eqflow_done", f"exp-x|{futs[0].task_id}")]
     got = _notifications(db_url, lambda: queue.report_and_claim([(bare[1], "ok")], 1, n=1, pool="p"))
     assert got == [("eqflow_done", f"exp-x|{futs[1].task_id}")]
+
+
+def test_report_and_claim_through_the_service(service, queue):
+    from eqflow.service_queue import ServiceTaskQueue
+    from tests.service_fixtures import TOKEN
+
+    futs = queue.submit_many("svc", 1, ["a", "b", "c"])
+    client = ServiceTaskQueue(service.url, TOKEN)
+    try:
+        first = client.claim(1, n=2, pool="s")
+        accepted, nxt = client.report_and_claim([(t, t.payload.upper()) for t in first], 1, n=2, pool="s")
+        assert accepted == {t.task_id for t in first} and [t.payload for t in nxt] == ["c"]
+        stale = client.report_and_claim([(first[0], "again")], 1, n=1, pool="s")
+        assert stale == (set(), [])
+        assert client.report_and_claim([(nxt[0], "C")], [1], n=0, pool="s") == ({nxt[0].task_id}, [])
+        assert [f.result(timeout=10) for f in futs] == ["A", "B", "C"]
+        client._no_report_claim = True  # an older service: a report, then a claim
+        queue.submit("svc", 1, "d")
+        [d] = client.claim(1, pool="s")
+        assert client.report_and_claim([(d, "D")], 1, n=1, pool="s") == ({d.task_id}, [])
+    finally:
+        client.close()

@@ -188,8 +188,10 @@ def test_rerunning_a_finished_experiment_changes_nothing(tmp_path, db_url):
 def test_queue_trace_is_drawn_from_task_timestamps(tmp_path, db_url):
     from eqflow.workflows.ackley_outputs import queue_trace, read_experiment
 
+    # 50 ms tasks: long enough that the first fit lands before the 30 points are done (with 5 ms
+    # tasks a pool that reports and claims in one commit can finish them all first).
     cfg = load_workflow_config(tiny_config(tmp_path, db_url, search_space_size=30, num_guesses=30,
-                                           extra_pools_after_retrain=[]))
+                                           extra_pools_after_retrain=[], runtime=0.05))
     queue = LocalTaskQueue(db_url, migrate=False)
     try:
         AckleyGPR(cfg, "trace", queue, progress=False).run()
