@@ -43,8 +43,8 @@ def run(url: str | None = None, progress: Any = None) -> dict[str, Any]:
         for seconds, label in ((0.0, "noop"), (0.01, "10ms")):
             for workers in (1, 2, 4):
                 task_type += 1
-                n = 5000 if seconds == 0 else 150 * workers
-                batch = workers * (8 if seconds == 0 else 2)  # no-op: 8 in hand per worker
+                n = 5000 if seconds == 0 else 300 * workers
+                batch = workers * 8  # 8 in hand per worker
                 say(f"{label} x {workers} workers, batch {batch}")
                 rate = _one(queue, task_type, workers, seconds, n, batch)
                 ideal = workers / seconds if seconds else None
