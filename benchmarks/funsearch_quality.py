@@ -83,12 +83,14 @@ def quality_run(queue: LocalTaskQueue, url: str, out: Path, tag: str, strategy: 
 
 
 def long_run(queue: LocalTaskQueue, url: str, out: Path, tag: str, seconds: float, evaluators: int) -> dict[str, Any]:
-    cfg = config(url, out, evaluators, tests=LONG_TESTS, targets=None, max_seconds=seconds, num_islands=10,
+    spec = Spec.load("deletion_codes")
+    # Targets: the best known size of every test, so the run stops early only if it finds them all.
+    known = [spec.known[test_key(t)] for t in LONG_TESTS]
+    cfg = config(url, out, evaluators, tests=LONG_TESTS, targets=known, max_seconds=seconds, num_islands=10,
                  reduce="average", reset_period_s=max(60.0, seconds / 4))
     exp_id = f"{tag}-long"
     engine = FunSearch(queue, cfg, exp_id, out=out / exp_id, progress=False, start_pools=False)
-    engine.run()
-    spec = engine.spec
+    stop = engine.run()
     best_per_test: dict[str, float] = {}
     for row in queue.db.fetch_all("fs_all_programs", {"exp_id": exp_id}):
         for key, value in row[6].items():
@@ -96,7 +98,7 @@ def long_run(queue: LocalTaskQueue, url: str, out: Path, tag: str, seconds: floa
     lex = {test_key(t): v for t, v in zip(LONG_TESTS, [42, 71, 125, 5, 6, 9, 13], strict=True)}  # priority = 0
     rows = [{**t, "found": best_per_test.get(test_key(t)), "lexicographic": lex[test_key(t)],
              "known": spec.known.get(test_key(t))} for t in LONG_TESTS]
-    return {"seconds": seconds, "evaluated": engine.counters.evaluated, "sizes": rows}
+    return {"seconds": seconds, "evaluated": engine.counters.evaluated, "stop": stop.reason, "sizes": rows}
 
 
 def throughput(queue: LocalTaskQueue, url: str, out: Path, tag: str, tasks: int) -> dict[str, Any]:
@@ -176,7 +178,8 @@ def markdown(table: dict[str, Any], long: dict[str, Any] | None, speed: dict[str
         lines.append(f"| {strategy} | {row['reached']}/{row['seeds']} | {row['median_evaluations']} | "
                      f"{row['max_evaluations']} | {row['median_seconds']} |")
     if long:
-        lines += ["", f"Longer run ({long['seconds']:g} s, {long['evaluated']} evaluations):", "",
+        lines += ["", f"Longer run ({long['seconds']:g} s budget, {long['evaluated']} evaluations; stopped: "
+                      f"{long['stop']}):", "",
                   "| n | s | found | lexicographic | VT / best known |", "|---|---|---|---|---|"]
         for row in long["sizes"]:
             found = "" if row["found"] is None else int(row["found"])
@@ -192,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default=None, help="database (default: the embedded cluster)")
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--evaluations", type=int, default=500, help="budget per run")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run from this one on (unseen seeds)")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--evaluators", type=int, default=2, help="evaluator workers")
     parser.add_argument("--priors", default="uniform,tuned",
@@ -213,17 +217,17 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = f"fsq-{uuid.uuid4().hex[:6]}"
-    results: dict[str, Any] = {"tag": tag, "seeds": args.seeds, "evaluations": args.evaluations,
-                               "islands": args.islands, "reduce": args.reduce}
+    results: dict[str, Any] = {"tag": tag, "seeds": args.seeds, "first_seed": args.first_seed,
+                               "evaluations": args.evaluations, "islands": args.islands, "reduce": args.reduce}
     with LocalTaskQueue(url) as queue:
         runs: list[dict[str, Any]] = []
-        if args.seeds and strategies:
+        if (args.seeds and strategies) or args.long_seconds > 0:
             cfg = config(url, out, args.evaluators)
             keeper = PoolKeeper(queue, cfg, f"{tag}-pools", out / "pools")
             keeper.start("sample", "samplers", reason="benchmark")
             keeper.start("evaluate", "evaluators", reason="benchmark")
             try:
-                for seed in range(args.seeds):
+                for seed in range(args.first_seed, args.first_seed + args.seeds):
                     for prior, strategy in itertools.product(priors, strategies):
                         run = quality_run(queue, url, out, tag, strategy, prior, seed, args.evaluations,
                                           args.evaluators, args.islands, args.reduce)
@@ -234,9 +238,10 @@ def main(argv: list[str] | None = None) -> int:
                     results["long"] = long_run(queue, url, out, tag, args.long_seconds, args.evaluators)
             finally:
                 keeper.stop_all()
-            results["runs"] = runs
-            results["quality"] = summarise(runs, args.evaluations)
-            plot(runs, args.evaluations, out / "success.png")
+            if runs:
+                results["runs"] = runs
+                results["quality"] = summarise(runs, args.evaluations)
+                plot(runs, args.evaluations, out / "success.png")
         if args.throughput_tasks:
             results["throughput"] = throughput(queue, url, out, tag, args.throughput_tasks)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
