@@ -44,6 +44,8 @@ from eqflow.workflows.runkit import PoolKeeper
 SAMPLE, EVALUATE = 910, 911  # task types of their own, so no other pool takes the work
 STRATEGIES = ("funsearch", "hill_climb", "random")
 QUALITY_TESTS = [{"n": n, "s": 1} for n in (6, 7, 8)]
+COLORS = {"funsearch": "tab:blue", "hill_climb": "tab:orange", "random": "tab:green"}
+LINES = {"uniform": "-", "tuned": "--"}
 LONG_TESTS = [{"n": n, "s": 1} for n in (9, 10, 11)] + [{"n": n, "s": 2} for n in (7, 8, 9, 10)]
 
 
@@ -161,7 +163,8 @@ def plot(runs: list[dict[str, Any]], evaluations: int, path: Path) -> None:
         mine = [r for r in runs if f"{r['strategy']} / {r['prior']}" == label]
         xs = list(range(0, evaluations + 1, max(1, evaluations // 100)))
         ys = [sum(1 for r in mine if r["reached"] and r["evaluations_to_targets"] <= x) / len(mine) for x in xs]
-        ax.step(xs, ys, where="post", label=label, linestyle="-" if label.endswith("uniform") else "--")
+        strategy, prior = label.split(" / ")
+        ax.step(xs, ys, where="post", label=label, color=COLORS.get(strategy), linestyle=LINES.get(prior, ":"))
     ax.set_xlabel("evaluations")
     ax.set_ylabel("share of seeds with 10/16/30 (n = 6, 7, 8; s = 1)")
     ax.set_ylim(-0.02, 1.02)
