@@ -333,3 +333,20 @@ def test_with_dynamic_scaling_the_scaler_starts_the_pools(queue: LocalTaskQueue,
     assert started >= 2  # a sampler and an evaluator
     assert list((tmp_path / "scaled" / "logs").glob("resources_*.log"))
     assert wait_for(lambda: not queue.pools(active_only=True), timeout=60)  # stopped at the end
+
+
+def test_resuming_with_fewer_islands_is_refused_before_anything_changes(queue: LocalTaskQueue, tmp_path: Path) -> None:
+    engine(queue, tmp_path, num_islands=4).open()
+    before = sql(queue.url, "SELECT count(*) FROM fs_candidates")[0][0]
+    with pytest.raises(ValueError, match="num_islands: 4"):
+        engine(queue, tmp_path, num_islands=2).open()
+    assert sql(queue.url, "SELECT count(*) FROM fs_candidates")[0][0] == before
+
+
+def test_an_exp_id_of_another_spec_or_workflow_is_refused(queue: LocalTaskQueue, tmp_path: Path) -> None:
+    engine(queue, tmp_path).open()
+    with pytest.raises(ValueError, match="ran another spec"):
+        engine(queue, tmp_path, spec="cap_set", tests=[{"n": 3}]).open()
+    queue.create_experiment("ackley-run", {"num_guesses": 10})
+    with pytest.raises(ValueError, match="not a FunSearch run"):
+        engine(queue, tmp_path, exp_id="ackley-run").open()

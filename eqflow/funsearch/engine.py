@@ -230,6 +230,9 @@ class FunSearch:
     # -- state from the database ---------------------------------------------------------------
     def _load(self) -> None:
         versions = {row[0]: row[1] for row in self.db.fetch_all("fs_islands", {"exp_id": self.exp_id})}
+        if len(versions) > self.fs.num_islands:
+            raise ValueError(f"experiment {self.exp_id!r} has {len(versions)} islands; resume it with "
+                             f"funsearch.num_islands: {len(versions)} (the config says {self.fs.num_islands})")
         programs = [Program(pid, island, body, scores, score, behaviour)
                     for pid, island, body, scores, score, behaviour in
                     self.db.fetch_all("fs_current_programs", {"exp_id": self.exp_id})]
