@@ -175,3 +175,25 @@ def test_report_and_claim_through_the_service(service, queue):
         assert client.report_and_claim([(d, "D")], 1, n=1, pool="s") == ({d.task_id}, [])
     finally:
         client.close()
+
+
+def test_pool_with_a_deep_batch_runs_each_task_once_and_reports_before_it_stops(queue, db_url):
+    """The pool's reporting thread: reports (and the claims riding on them) overlap the workers;
+    every task runs once, failures and successes both land, a stop returns nothing finished."""
+    import json
+    import subprocess
+    import sys
+
+    ok = queue.submit_many("deep", 3, [json.dumps({"seconds": 0})] * 300)
+    bad = queue.submit_many("deep", 3, ["not json"] * 5, max_attempts=1)
+    pool = subprocess.Popen([sys.executable, "-m", "eqflow.workers.pool", "--db", db_url, "--types", "3",
+                             "--fn", "eqflow.workers.tasks:sleep", "--workers", "3", "--batch-size", "24",
+                             "--idle-exit", "1", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert len(list(queue.as_completed(ok + bad, timeout=120))) == 305
+        assert pool.wait(timeout=60) == 0
+    finally:
+        pool.kill()
+    assert sql(db_url, "SELECT status::text, count(*), max(attempts) FROM tasks GROUP BY 1 ORDER BY 1") == [
+        ("complete", 300, 1), ("failed", 5, 1)]
+    assert sql(db_url, "SELECT status FROM pools") == [("stopped",)]
