@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from eqflow.errors import ConfigError, EqflowError
 from eqflow.funsearch.scaling import add_scaling_arguments, settings_from_args
 from eqflow.logs import setup_logging
@@ -66,7 +68,11 @@ def _config(args: argparse.Namespace) -> Any:
         raise ConfigError(f"{path}: no funsearch: section (see cfgs/funsearch_local.yaml)")
     updates: dict[str, Any] = {k: v for k, v in {"spec": args.spec_path, "max_evaluations": args.max_evaluations,
                                                  "max_seconds": args.max_seconds}.items() if v is not None}
-    updates["scaling"] = settings_from_args(cfg.funsearch.scaling, args)
+    try:
+        updates["scaling"] = settings_from_args(cfg.funsearch.scaling, args)
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"dynamic scaling flags: {problems}") from None
     if updates:  # the config was validated; the flags were by settings_from_args and argparse
         cfg = cfg.model_copy(update={"funsearch": cfg.funsearch.model_copy(update=updates)})
     return cfg, path
