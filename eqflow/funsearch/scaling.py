@@ -73,10 +73,10 @@ class ScalingSettings(BaseModel):
                                                                        "evaluator may start")
     normalized_load_threshold: float = Field(default=0.99, ge=0, description="1-minute load per core under "
                                                                              "which an evaluator may start")
-    max_samplers: int = Field(default=1000, ge=0)
-    min_samplers: int = Field(default=1, ge=0)
-    max_evaluators: int = Field(default=1000, ge=0)
-    min_evaluators: int = Field(default=1, ge=0)
+    max_samplers: int = Field(default=1000, ge=0, description="most sampler pools at once")
+    min_samplers: int = Field(default=1, ge=0, description="sampler pools kept running (started first)")
+    max_evaluators: int = Field(default=1000, ge=0, description="most evaluator pools at once")
+    min_evaluators: int = Field(default=1, ge=0, description="evaluator pools kept running (started first)")
     samplers_need_gpu: bool | None = Field(
         default=None, description="null: when the node has GPUs (as the reference, which uses the CPU rule on "
                                   "a node without); false for API or mutation samplers (the CPU rule)")
