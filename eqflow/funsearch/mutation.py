@@ -16,28 +16,12 @@ candidate, default 80), ``max_depth`` (default 12), ``crossover_rate`` (share of
 crossover when there are two parents, default 0.15), ``max_edits`` (edits per candidate, at most;
 default 3), ``term_wrap_rate`` (how often a new term comes already wrapped, default 0.5),
 ``weights`` (relative weights of the edits, overriding ``DEFAULT_WEIGHTS``), ``attempts`` (tries per
-candidate asked for before giving up on distinct ones, default 40), ``probe`` (see below, default
-true), ``prior`` (``uniform``, the default: every term of a kind equally likely; ``tuned``: the
-hand-set term weights below, which favour index-weighted sums and ``n + 1`` -- knowledge of
-deletion codes, kept for comparison).
+candidate asked for before giving up on distinct ones, default 40), ``prior`` (``uniform``, the
+default: every term of a kind equally likely; ``tuned``: the hand-set term weights below, which
+favour index-weighted sums and ``n + 1`` -- knowledge of deletion codes, kept for comparison).
 
 Candidates that read none of the function's arguments (or, when it has others, only its int
 arguments: sizes such as ``n``, fixed across one evaluation) are not returned: they are constants.
-
-Probing (``probe``, default on): for a signature of ints, floats and sequences (no arrays, no
-arguments of unknown type) each candidate also runs, in the sampler's process, on a fixed set of
-made-up inputs in groups (per group the ints and the sequences' lengths fixed, the contents
-varied: 0/1 entries, then 0..3). Its fingerprint is, per group, the order of its results (ties
-kept), which is all a priority function decides. A candidate whose fingerprint equals a parent's
-or an earlier candidate's of the same answer (``2 * sum(el) + 1`` beside ``sum(el)``), or whose
-results never vary within a group (``len(el) + n``), goes to the spares, used only when too few
-others are found: on deletion codes such candidates were about a third of the evaluations. This
-assumes only the order of the results matters, as for FunSearch's priority functions. Only code
-that is safe and quick to run is probed (arithmetic, comparisons, comprehensions, a list of
-builtins, ``range`` capped, no statements of its own but assignments and the return, no
-attributes, imports or large constants; a time budget per candidate); other candidates are kept
-unjudged. Made-up inputs are no knowledge of a problem: they only tell candidates apart.
-
 The edit mix was tuned offline on a deletion-codes greedy (a scratch script, not shipped); nothing
 in here names that problem or its answers, and the default prior gives every term the same weight.
 """
@@ -572,11 +556,10 @@ class MutationSampler:
 
     def __init__(self, max_nodes: int = 80, max_depth: int = 12, crossover_rate: float = 0.15,
                  max_edits: int = 3, weights: dict[str, float] | None = None, attempts: int = 40,
-                 term_wrap_rate: float = 0.5, prior: str = "uniform", probe: bool = True) -> None:
+                 term_wrap_rate: float = 0.5, prior: str = "uniform") -> None:
         if prior not in PRIORS:
             raise ValueError(f"unknown mutation prior {prior!r}; known: {', '.join(PRIORS)}")
         self.prior = prior
-        self.probe = bool(probe)
         self.max_nodes = int(max_nodes)
         self.max_depth = int(max_depth)
         self.crossover_rate = float(crossover_rate)
@@ -599,11 +582,8 @@ class MutationSampler:
         mutator = Mutator(signature, rng, self.max_nodes, self.max_depth, self.weights, self.term_wrap_rate,
                           prior=self.prior)
         seen = {_canonical(p) for p in parents}
-        probes = Probes(request.header, signature) if self.probe else None
-        behaviours = {f for p in parents if probes is not None and (f := probes.fingerprint(p)) is not None}
         bodies: list[str] = []
         spare: list[str] = []  # valid candidates that repeat one already given: best effort fill
-        similar: list[str] = []  # new text ranking like a parent or an earlier candidate: filled first
         for _ in range(self.attempts * max(1, request.samples)):
             if len(bodies) >= request.samples:
                 break
@@ -611,21 +591,10 @@ class MutationSampler:
             if candidate is None:
                 continue
             canonical = _canonical(candidate)
-            repeat = canonical in seen
+            (spare if canonical in seen else bodies).append(body_text(candidate))
             seen.add(canonical)
-            if repeat:
-                spare.append(body_text(candidate))
-            elif probes is not None and (behaviour := probes.fingerprint(candidate)) is not None and (
-                    behaviour in behaviours or _constant(behaviour)):
-                # The same ranking as a parent's or an earlier candidate's, or none at all: new text,
-                # so the first of the spares.
-                similar.append(body_text(candidate))
-            else:
-                bodies.append(body_text(candidate))
-                if probes is not None and behaviour is not None:
-                    behaviours.add(behaviour)
         while len(bodies) < request.samples:
-            bodies.append(similar.pop() if similar else spare.pop() if spare else body_text(parents[-1]))
+            bodies.append(spare.pop() if spare else body_text(parents[-1]))
         return SampleResult(bodies=bodies, seconds=time.perf_counter() - started, model="mutation")
 
     def _one(self, mutator: Mutator, parents: list[ast.FunctionDef], rng: random.Random) -> ast.FunctionDef | None:
@@ -644,121 +613,6 @@ class MutationSampler:
         if not (varying or set(signature.ints)) & _free_names(candidate):
             return None
         return candidate
-
-
-# Probing: candidates run on a few made-up inputs to skip those that cannot rank anything -------------------
-
-_PROBE_CALLS = _SCALAR_CALLS | _SEQ_CALLS | {"all", "any", "pow", "divmod", "math"}
-_PROBE_GROUPS, _PROBE_CALLS_PER_GROUP = 4, 8
-
-
-def _small_exponent(node: ast.expr) -> bool:
-    if isinstance(node, ast.UnaryOp):
-        return _small_exponent(node.operand)
-    return isinstance(node, ast.Name) or isinstance(node, ast.Constant) and isinstance(node.value, int | float) \
-        and abs(node.value) <= 64
-
-
-def _probe_safe(function: ast.FunctionDef, kinds: _Kinds) -> bool:
-    """Whether running ``function`` in the sampler is safe and quick: only arithmetic on numbers,
-    comparisons, comprehensions and the builtins above (``range`` capped), no loops of its own, no
-    attributes or imports, no large constants, powers only to a name or a small constant."""
-    for node in ast.walk(function):
-        if isinstance(node, ast.stmt) and not isinstance(node, ast.Assign | ast.Return | ast.Expr | ast.Pass) \
-                and node is not function:
-            return False
-        if isinstance(node, ast.While | ast.Lambda | ast.Attribute | ast.Import | ast.ImportFrom | ast.Global
-                      | ast.Nonlocal | ast.With | ast.Try | ast.ClassDef | ast.Yield | ast.YieldFrom | ast.Await
-                      | ast.NamedExpr | ast.Starred | ast.Dict | ast.DictComp | ast.Set | ast.SetComp):
-            return False
-        if isinstance(node, ast.FunctionDef) and node is not function:
-            return False
-        if isinstance(node, ast.Name) and node.id.startswith("_"):
-            return False
-        if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id in _PROBE_CALLS):
-            return False
-        value = node.value if isinstance(node, ast.Constant) else None
-        if isinstance(value, str | bytes) or isinstance(value, int | float) and abs(value) > 1000:
-            return False
-        if isinstance(node, ast.BinOp):
-            if isinstance(node.op, ast.LShift) or isinstance(node.op, ast.Pow) and not _small_exponent(node.right):
-                return False
-            if {kinds.kind(node.left, frozenset()), kinds.kind(node.right, frozenset())} & {SEQ, OTHER}:
-                return False  # sequence repetition or concatenation: sizes the sampler cannot bound
-    return True
-
-
-def _capped_range(*arguments: int) -> range:
-    values = range(*arguments)
-    if len(values) > 256:
-        raise ValueError("range too long for a probe")
-    return values
-
-
-class Probes:
-    """Made-up arguments for a signature of ints, floats and int sequences, in groups: within a
-    group the ints (sizes, fixed over one evaluation) and the sequences' lengths are fixed and only
-    the contents vary. A candidate's fingerprint is, per group, the order of its results (ties kept):
-    what a priority function decides. Two candidates with one fingerprint would very likely rank the
-    real inputs alike; one whose results never vary within a group ranks nothing."""
-
-    def __init__(self, header: str, signature: Signature) -> None:
-        function = parse_function(header.rstrip() + "\n" + INDENT + "pass\n")
-        self.usable = (function is not None and not signature.arrays and not signature.others
-                       and bool(signature.seqs or signature.floats))
-        self.calls: list[list[tuple[Any, ...]]] = []
-        self.signature = signature
-        if not self.usable or function is None:
-            return
-        arguments = function.args
-        names = [a.arg for a in arguments.posonlyargs + arguments.args]
-        self.usable = not arguments.kwonlyargs and not arguments.vararg and not arguments.kwarg
-        rng = random.Random(_PROBE_GROUPS)  # the same probes for every request: fingerprints compare
-        for group in range(_PROBE_GROUPS):
-            ints = {name: rng.randint(2, 9) for name in signature.ints}
-            lengths = {name: rng.randint(3, 9) for name in signature.seqs}
-            top = 1 if group < _PROBE_GROUPS // 2 else 3  # 0/1 words, then small counts
-            calls = []
-            for _ in range(_PROBE_CALLS_PER_GROUP):
-                values: dict[str, Any] = {name: tuple(rng.randint(0, top) for _ in range(length))
-                                          for name, length in lengths.items()}
-                values.update({name: round(rng.uniform(-2, 4), 3) for name in signature.floats})
-                calls.append(tuple(ints.get(name, values.get(name)) for name in names))
-            self.calls.append(calls)
-
-    def fingerprint(self, function: ast.FunctionDef) -> tuple[tuple[Any, ...], ...] | None:
-        """Per group, each call's rank among the group's results ("E" for an error); None when the
-        candidate cannot be run here safely or fails everywhere."""
-        if not self.usable or not _probe_safe(function, _Kinds(self.signature, function)):
-            return None
-        try:
-            namespace: dict[str, Any] = {"math": math, "range": _capped_range}
-            exec(compile(ast.Module([copy.deepcopy(function)], []), "<probe>", "exec"), namespace)  # noqa: S102
-            call = namespace[function.name]
-        except Exception:  # noqa: BLE001 - any failure: not judged here
-            return None
-        groups = []
-        ok = False
-        started = time.perf_counter()
-        for calls in self.calls:
-            if time.perf_counter() - started > 0.05:
-                return None  # too slow to judge here
-            results: list[Any] = []
-            for arguments in calls:
-                try:
-                    value = float(call(*arguments))
-                    results.append(value if math.isfinite(value) else str(value))
-                    ok = True
-                except Exception:  # noqa: BLE001 - a candidate may fail on made-up inputs
-                    results.append("E")
-            numbers = sorted({r for r in results if isinstance(r, float)})
-            groups.append(tuple(numbers.index(r) if isinstance(r, float) else r for r in results))
-        return tuple(groups) if ok else None
-
-
-def _constant(fingerprint: tuple[tuple[Any, ...], ...]) -> bool:
-    """Results that never vary within a group (errors aside): the candidate ranks nothing."""
-    return all(len({r for r in group if r != "E"}) <= 1 for group in fingerprint)
 
 
 def _function(header: str, statement: str) -> ast.FunctionDef:
@@ -793,7 +647,7 @@ def _seed(request: SampleRequest) -> int:
 
 def _iter_kwargs(config: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     allowed = {"max_nodes", "max_depth", "crossover_rate", "max_edits", "weights", "attempts", "term_wrap_rate",
-               "prior", "probe"}
+               "prior"}
     for key, value in config.items():
         if key not in allowed:
             raise ValueError(f"unknown mutation sampler option {key!r}; known: {', '.join(sorted(allowed))}")
