@@ -350,3 +350,17 @@ def test_an_exp_id_of_another_spec_or_workflow_is_refused(queue: LocalTaskQueue,
     queue.create_experiment("ackley-run", {"num_guesses": 10})
     with pytest.raises(ValueError, match="not a FunSearch run"):
         engine(queue, tmp_path, exp_id="ackley-run").open()
+
+
+def test_a_kill_between_submitting_and_recording_an_evaluation_submits_nothing_new(
+        queue: LocalTaskQueue, tmp_path: Path) -> None:
+    """The state an ME leaves when killed after submitting an evaluate task and before writing its
+    id: on resume the same task comes back (idempotency key), no second evaluation of the body."""
+    engine(queue, tmp_path).open()
+    (task_id,) = [r[0] for r in sql(queue.url, "SELECT task_id FROM tasks WHERE task_type = %s", (EVALUATE,))]
+    sql(queue.url, "UPDATE fs_evaluations SET task_id = NULL")
+    resumed = engine(queue, tmp_path)
+    resumed.open()
+    assert list(resumed.evaluations) == [task_id]
+    assert sql(queue.url, "SELECT count(*) FROM tasks WHERE task_type = %s", (EVALUATE,))[0][0] == 1
+    assert sql(queue.url, "SELECT task_id FROM fs_evaluations")[0][0] == task_id

@@ -14,6 +14,7 @@ Evaluations outrank samples, so what was generated is finished first.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -428,10 +429,14 @@ class FunSearch:
             self._resolve(digest)
         # else its evaluation is in flight: the candidate is resolved when it finishes
 
-    def _submit_evaluation(self, digest: str, body: str, island: int) -> None:
+    def _submit_evaluation(self, digest: str, body: str, island: int, after: int = 0) -> None:
+        """Submit a body's evaluation. The idempotency key names the body and the task it replaces
+        (after: a canceled one; 0 for the first), so an ME killed between submitting and recording
+        the task id submits nothing new when it resumes: it gets the first task back."""
         payload = json.dumps({**self.eval_payload, "body": body, "body_hash": digest})
-        future = self.queue.submit(self.exp_id, self.evaluate_type, payload, priority=EVALUATE_PRIORITY,
-                                   tag=island_tag(island))
+        key = f"fs:{hashlib.sha256(self.exp_id.encode()).hexdigest()[:16]}:{digest[:40]}:{after}"
+        (future,) = self.queue.submit_many(self.exp_id, self.evaluate_type, [payload], priority=EVALUATE_PRIORITY,
+                                           tag=island_tag(island), idempotency_key=key)
         self.db.execute("fs_set_evaluation_task", {"exp_id": self.exp_id, "body_hash": digest,
                                                    "task_id": future.task_id})
         self.evaluations[future.task_id] = future
@@ -470,7 +475,7 @@ class FunSearch:
         if waiting:
             row = self.db.fetch_one("fs_evaluation", {"exp_id": self.exp_id, "body_hash": digest})
             if row is not None:
-                self._submit_evaluation(digest, row[5], waiting[0][2])
+                self._submit_evaluation(digest, row[5], waiting[0][2], after=row[4] or 0)
         else:
             self.db.execute("fs_forget_evaluation", {"exp_id": self.exp_id, "body_hash": digest})
 
