@@ -218,9 +218,11 @@ class FunSearch:
             self._stop_pools()
             self.queue.record_event(self.exp_id, "interrupted", {"evaluated": self.counters.evaluated})
             return
+        # Pools first: a stopping pool gives back the tasks it claimed but had not started, and
+        # those must be canceled too, not left queued.
+        self._stop_pools()
         canceled = self.db.fetch_all("fs_cancel_queued_types", {
             "exp_id": self.exp_id, "types": [self.sample_type, self.evaluate_type]})
-        self._stop_pools()
         self.queue.record_event(self.exp_id, "finished", {
             "reason": stop.reason, "evaluated": self.counters.evaluated, "programs": self.counters.registered,
             "canceled": len(canceled)})
