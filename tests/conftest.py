@@ -23,6 +23,9 @@ from eqflow.db.migrate import upgrade
 from eqflow.queue import LocalTaskQueue
 from tests.service_fixtures import ServiceProcess
 
+# Shared fixtures that live with what they manage: `slurm` (a real single-node SLURM cluster per module).
+pytest_plugins = ("tests.slurm_cluster",)
+
 TEMPLATE = "eqflow_test_template"
 _counter = itertools.count()
 

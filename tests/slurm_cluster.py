@@ -15,7 +15,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from eqflow.db.embedded import free_port
 
@@ -124,3 +127,22 @@ def _wait_file(path: Path, timeout: float = 30) -> Path:
             raise RuntimeError(f"{path} did not appear")
         time.sleep(0.1)
     return path
+
+
+# The `slurm` fixture (registered in conftest.py): one cluster per test module,
+# SLURM_CONF pointing at it meanwhile; skipped, saying why, where SLURM is not installed.
+@pytest.fixture(scope="module")
+def slurm() -> Iterator[SlurmCluster]:
+    why = missing()
+    if why:
+        pytest.skip(f"no SLURM here: {why}")
+    cluster = SlurmCluster()
+    cluster.start()
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    yield cluster
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = old
+    cluster.stop()

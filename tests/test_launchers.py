@@ -1,7 +1,6 @@
 """Launchers: local, a real SLURM cluster, PBS's command-line contract, and remote through an Executor."""
 
 import json
-import os
 import stat
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -20,7 +19,6 @@ from eqflow.workers.launchers import (
     SlurmLauncher,
     wait,
 )
-from tests import slurm_cluster
 from tests.conftest import sql, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,21 +59,6 @@ def test_the_database_password_never_reaches_a_command_line(queue, db_url, tmp_p
 
 
 # -- SLURM ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def slurm():
-    why = slurm_cluster.missing()
-    if why:
-        pytest.skip(f"no SLURM here: {why}")
-    cluster = slurm_cluster.SlurmCluster()
-    cluster.start()
-    old = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(cluster.conf)
-    yield cluster
-    if old is None:
-        os.environ.pop("SLURM_CONF", None)
-    else:
-        os.environ["SLURM_CONF"] = old
-    cluster.stop()
 
 
 def slurm_job(tmp_path):

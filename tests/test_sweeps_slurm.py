@@ -10,10 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from eqflow.sweeps import Result, SlurmCfg, Status, log
-from tests import slurm_cluster
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,21 +25,6 @@ def step_train(cfg: dict[str, Any]) -> None:
              "ntasks": int(os.environ.get("SLURM_STEP_NUM_TASKS", "0"))}, epoch)
 
 
-@pytest.fixture(scope="module")
-def slurm():
-    why = slurm_cluster.missing()
-    if why:
-        pytest.skip(f"no SLURM here: {why}")
-    cluster = slurm_cluster.SlurmCluster()
-    cluster.start()
-    old = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(cluster.conf)
-    yield cluster
-    if old is None:
-        os.environ.pop("SLURM_CONF", None)
-    else:
-        os.environ["SLURM_CONF"] = old
-    cluster.stop()
 
 
 DRIVER = """
