@@ -40,7 +40,7 @@ from eqflow.gc_queue import GC_MAX_PAYLOAD_BYTES, GCTaskQueue  # noqa: E402
 from eqflow.task_queues import make_task_queue  # noqa: E402
 from eqflow.workers.launchers import ExecutorLauncher, JobSpec, JobState, PoolSpec, wait  # noqa: E402
 from tests import test_conformance  # noqa: E402
-from tests.test_launchers import slurm, slurm_job, stand_in_pbs  # noqa: E402, F401 - slurm is a fixture
+from tests.test_launchers import slurm_job, stand_in_pbs  # noqa: E402 - the slurm fixture comes from conftest
 
 # Globus Compute's data limit: a task's serialized input, and its serialized result (the
 # endpoint's default result_size_limit), may each be 10 MB.
