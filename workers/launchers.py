@@ -61,6 +61,7 @@ class PoolSpec:
     idle_exit: float | None = None
     db_url: str | None = None
     python: str = sys.executable
+    prefetch: bool = True
 
     def argv(self) -> list[str]:
         if (self.fn is None) == (self.cmd is None):
@@ -78,6 +79,8 @@ class PoolSpec:
                 args += [flag, str(value)]
         if self.threads:
             args.append("--threads")
+        if not self.prefetch:
+            args.append("--no-prefetch")
         if self.gpu:
             args += ["--gpu", "--workers-per-gpu", str(self.workers_per_gpu)]
         return args

@@ -15,6 +15,7 @@ import argparse
 import concurrent.futures as cf
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -53,6 +54,7 @@ class PoolConfig:
     idle_exit_s: float | None = None  # exit after this long with nothing to do
     launcher: str = "local"
     job_id: str | None = None
+    prefetch: bool = True  # short tasks: hand a worker several at once (see _ProcessRunner)
 
     def __post_init__(self) -> None:
         if self.n_workers < 1:
@@ -142,6 +144,7 @@ class Pool:
                     self._rest(work_inbox, news)
                     continue
                 self._unreported.extend(runner.collect(0.05, self._wake_r if self._inflight else None))
+                self.waiting.extendleft(reversed(runner.take_unstarted()))
                 self._dispatch(runner)  # keep workers busy while the results are reported
                 self._reap(runner)
                 if self._unreported and self._inflight is None:
@@ -227,8 +230,8 @@ class Pool:
         return claimed
 
     def _dispatch(self, runner: _Runner) -> None:
-        while self.waiting and runner.has_free_slot():
-            runner.start(self.waiting.popleft())
+        if self.waiting:
+            runner.dispatch(self.waiting)
         if self.metrics is not None:
             self.metrics.running.set(runner.running)
 
@@ -290,8 +293,8 @@ class Pool:
             due, self._unreported = self._unreported, []
             with contextlib.suppress(DatabaseUnavailable):
                 self._report(due)
-        unstarted = list(self.waiting) + self.parked_stops
-        started = runner.held()
+        unstarted = list(self.waiting) + self.parked_stops + runner.take_unstarted() + runner.queued()
+        started = runner.started()
         self.waiting.clear()
         self.parked_stops.clear()
         runner.close()
@@ -309,32 +312,66 @@ class Pool:
 
 class _Runner(Protocol):
     @property
-    def running(self) -> int: ...
-    def has_free_slot(self) -> bool: ...
-    def start(self, task: ClaimedTask) -> None: ...
+    def running(self) -> int: ...  # tasks handed to workers (running or queued in one)
+    def dispatch(self, waiting: deque[ClaimedTask]) -> None: ...  # takes what it has room for
     def collect(self, timeout: float, wake: int | None = None) -> list[tuple[ClaimedTask, bool, str]]: ...
-    def held(self) -> list[ClaimedTask]: ...
+    def take_unstarted(self) -> list[ClaimedTask]: ...  # handed back by a worker that died
+    def held(self) -> list[ClaimedTask]: ...  # every task handed to workers
+    def started(self) -> list[ClaimedTask]: ...  # the ones running
+    def queued(self) -> list[ClaimedTask]: ...  # the ones waiting in a worker behind another
     def close(self) -> None: ...
 
 
 class _ProcessRunner:
-    """Tasks in worker processes: per-task timeouts kill the worker; dead workers are replaced."""
+    """Tasks in worker processes: per-task timeouts kill the worker; dead workers are replaced.
+
+    Short tasks are handed over a few at a time: once the mean task time is known and below
+    PREFETCH_BELOW_S, a worker gets up to PREFETCH_WINDOW_S of work in one message (at most its
+    share of the batch), so it starts the next task without a round trip through the pool, and
+    the pool sends one message per several tasks. Longer tasks go one per worker: nothing ever
+    waits in a worker behind a long task while another worker is free. A busy worker is given
+    more only while their payloads fit comfortably in its pipe, so a send never blocks the pool."""
+
+    PREFETCH_BELOW_S = 0.05
+    PREFETCH_WINDOW_S = 0.02
+    PIPE_ROOM = 32 * 1024  # payload bytes that may wait in a busy worker's pipe
 
     def __init__(self, cfg: PoolConfig) -> None:
         self.cfg = cfg
         devices = cfg.gpus or [""] * cfg.n_workers
         self.slots = [Slot(i, {"CUDA_VISIBLE_DEVICES": dev} if dev else {}, cfg.mem_limit_mb)
                       for i, dev in enumerate(devices)]
+        self.share = -(-cfg.batch_size // cfg.n_workers)  # the most tasks one worker holds
+        self.task_s: float | None = None  # moving mean of the run time of a task, seconds
+        self._unstarted: list[ClaimedTask] = []
 
     @property
     def running(self) -> int:
-        return sum(1 for s in self.slots if s.busy)
+        return sum(len(s.tasks) for s in self.slots)
 
-    def has_free_slot(self) -> bool:
-        return any(not s.busy for s in self.slots)
+    def depth(self) -> int:
+        """How many tasks a worker may hold (1: the running one only)."""
+        if not self.cfg.prefetch or self.task_s is None or self.task_s >= self.PREFETCH_BELOW_S:
+            return 1
+        return max(2, min(self.share, math.ceil(self.PREFETCH_WINDOW_S / max(self.task_s, 1e-6))))
 
-    def start(self, task: ClaimedTask) -> None:
-        next(s for s in self.slots if not s.busy).submit(self.cfg.spec, task)
+    def dispatch(self, waiting: deque[ClaimedTask]) -> None:
+        depth = self.depth()
+        given: dict[int, list[ClaimedTask]] = {}
+        room = {s.index: self.PIPE_ROOM - s.queued_bytes for s in self.slots}
+        while waiting:
+            slot = min(self.slots, key=lambda s: len(s.tasks) + len(given.get(s.index, [])))
+            load = len(slot.tasks) + len(given.get(slot.index, []))
+            if load >= depth:
+                break
+            task = waiting[0]
+            if load and slot.busy:  # it will wait in the pipe of a running worker
+                if len(task.payload) > room[slot.index]:
+                    break
+                room[slot.index] -= len(task.payload)
+            given.setdefault(slot.index, []).append(waiting.popleft())
+        for index, tasks in given.items():
+            self.slots[index].submit(self.cfg.spec, tasks)
 
     def collect(self, timeout: float, wake: int | None = None) -> list[tuple[ClaimedTask, bool, str]]:
         """Outcomes of finished tasks, waiting up to timeout for one (or for ``wake``, a file
@@ -346,25 +383,37 @@ class _ProcessRunner:
         for slot in busy:
             if slot.conn in ready:
                 try:
-                    task, (ok, value) = slot.take_result()
+                    results = slot.take_results()
                 except (EOFError, OSError):
-                    task = slot.task
-                    outcomes.append((task, False, slot.died() or "worker process lost"))
-                    slot.restart()
+                    slot.proc.join(timeout=1)  # reaped, its exit status tells why
+                    outcomes.append((slot.task, False, slot.died() or "worker process lost"))
+                    self._unstarted += slot.restart()
                     continue
-                outcomes.append((task, ok, value))
+                for task, (ok, value, seconds) in results:
+                    self.task_s = seconds if self.task_s is None else 0.8 * self.task_s + 0.2 * seconds
+                    outcomes.append((task, ok, value))
             elif (limit := self.cfg.task_timeout_s) is not None and time.monotonic() - slot.started_at > limit:
                 outcomes.append((slot.task, False, f"task timed out after {limit:g}s; worker killed"))
-                slot.restart()
+                self._unstarted += slot.restart()
             elif (why := slot.died()) is not None:
                 outcomes.append((slot.task, False, why))
-                slot.restart()
+                self._unstarted += slot.restart()
         for slot in self.slots:
             slot.replace_if_dead()
         return outcomes
 
+    def take_unstarted(self) -> list[ClaimedTask]:
+        out, self._unstarted = self._unstarted, []
+        return out
+
     def held(self) -> list[ClaimedTask]:
+        return [t for s in self.slots for t in s.tasks]
+
+    def started(self) -> list[ClaimedTask]:
         return [s.task for s in self.slots if s.busy]
+
+    def queued(self) -> list[ClaimedTask]:
+        return [t for s in self.slots for t in list(s.tasks)[1:]]
 
     def close(self) -> None:
         for slot in self.slots:
@@ -384,12 +433,11 @@ class _ThreadRunner:
     def running(self) -> int:
         return len(self.futures)
 
-    def has_free_slot(self) -> bool:
-        return len(self.futures) < self.cfg.n_workers
-
-    def start(self, task: ClaimedTask) -> None:
-        fut = self.executor.submit(run_task, self.cfg.spec, task.task_id, task.payload)
-        self.futures[fut] = (task, time.monotonic())
+    def dispatch(self, waiting: deque[ClaimedTask]) -> None:
+        while waiting and len(self.futures) < self.cfg.n_workers:
+            task = waiting.popleft()
+            fut = self.executor.submit(run_task, self.cfg.spec, task.task_id, task.payload)
+            self.futures[fut] = (task, time.monotonic())
 
     def collect(self, timeout: float, wake: int | None = None) -> list[tuple[ClaimedTask, bool, str]]:
         if wake is not None:  # a report in flight: look again soon
@@ -411,8 +459,17 @@ class _ThreadRunner:
                     outcomes.append((task, False, f"task timed out after {limit:g}s (thread left running)"))
         return outcomes
 
+    def take_unstarted(self) -> list[ClaimedTask]:
+        return []
+
     def held(self) -> list[ClaimedTask]:
         return [task for task, _ in self.futures.values()]
+
+    def started(self) -> list[ClaimedTask]:
+        return self.held()
+
+    def queued(self) -> list[ClaimedTask]:
+        return []
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -431,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=0, help="most tasks in hand (default: workers)")
     parser.add_argument("--threshold", type=int, default=1, help="free slots before asking for more")
     parser.add_argument("--threads", action="store_true", help="run tasks in threads (I/O-bound work)")
+    parser.add_argument("--no-prefetch", dest="prefetch", action="store_false",
+                        help="never hand a worker a task before its last one is done (by default "
+                             "tasks under 50 ms go a few at a time, up to the batch's share)")
     parser.add_argument("--timeout", type=float, default=None, help="per-task timeout, seconds")
     parser.add_argument("--mem-limit-mb", type=int, default=None, help="per-worker memory limit, MiB")
     parser.add_argument("--gpu", action="store_true", help="give each worker its own GPU slot")
@@ -461,7 +521,7 @@ def config_from_args(args: argparse.Namespace) -> PoolConfig:
     job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID")
     return PoolConfig(args.types, spec, args.name, workers, args.batch_size, args.threshold, args.threads,
                       args.timeout, args.mem_limit_mb, gpus, heartbeat_s=max(0.2, args.lease / 4),
-                      idle_exit_s=args.idle_exit, launcher=args.launcher, job_id=job_id)
+                      idle_exit_s=args.idle_exit, launcher=args.launcher, job_id=job_id, prefetch=args.prefetch)
 
 
 def _where(url: str) -> str:

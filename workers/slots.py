@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -104,19 +105,25 @@ def _slot_main(conn: Connection, env: dict[str, str], mem_limit_mb: int | None) 
             return
         if message is None:
             return
-        spec, task_id, payload = message
-        conn.send(run_task(spec, task_id, payload))
+        spec, tasks = message
+        for task_id, payload in tasks:  # one outcome per task, sent as soon as it is known
+            started = time.perf_counter()
+            ok, value = run_task(spec, task_id, payload)
+            conn.send((ok, value, time.perf_counter() - started))
 
 
 class Slot:
-    """One worker process; runs one task at a time."""
+    """One worker process. It runs its tasks one at a time, in the order handed over; the pool
+    may hand over a few at once (one message) when tasks are short, so the worker never waits
+    for the pool between them. The first task in ``tasks`` is the one running."""
 
     def __init__(self, index: int, env: dict[str, str], mem_limit_mb: int | None) -> None:
         self.index = index
         self.env = env
         self.mem_limit_mb = mem_limit_mb
-        self.task: Any = None
-        self.started_at = 0.0
+        self.tasks: deque[Any] = deque()
+        self.started_at = 0.0  # when the running task started (as far as the pool can tell)
+        self.queued_bytes = 0  # payload bytes handed over behind the running task
         self._start()
 
     def _start(self) -> None:
@@ -129,21 +136,32 @@ class Slot:
 
     @property
     def busy(self) -> bool:
-        return self.task is not None
+        return bool(self.tasks)
 
-    def submit(self, spec: TaskSpec, task: Any) -> None:
-        """Hand a task to the worker; a worker that died while idle (killed, OOM) is replaced
-        first, so its death costs nothing but a restart."""
-        if (why := self.died()) is not None:
+    @property
+    def task(self) -> Any:
+        """The task running now (None when idle)."""
+        return self.tasks[0] if self.tasks else None
+
+    def submit(self, spec: TaskSpec, tasks: list[Any]) -> None:
+        """Hand tasks to the worker (behind any it holds); a worker that died while idle
+        (killed, OOM) is replaced first, so its death costs nothing but a restart."""
+        if not self.tasks and (why := self.died()) is not None:
             self._replace(why)
-        self.task = task
-        self.started_at = time.monotonic()
+        if not self.tasks:
+            self.started_at = time.monotonic()
+        self.tasks.extend(tasks)
+        self.queued_bytes = sum(len(t.payload) for t in list(self.tasks)[1:])
+        message = (spec, [(t.task_id, t.payload) for t in tasks])
         try:
-            self.conn.send((spec, task.task_id, task.payload))
+            self.conn.send(message)
         except OSError as exc:  # died between the check and the send
+            if len(self.tasks) > len(tasks):
+                return  # it was running one: collect reports the death and hands these back
             self._replace(f"{self.died() or 'worker pipe broken'} ({type(exc).__name__})")
-            self.task = task
-            self.conn.send((spec, task.task_id, task.payload))
+            self.tasks.extend(tasks)
+            self.started_at = time.monotonic()
+            self.conn.send(message)
 
     def replace_if_dead(self) -> None:
         """An idle worker that died (killed, OOM-killed) is replaced at once."""
@@ -154,10 +172,19 @@ class Slot:
         log.warning("worker replaced", extra={"worker": self.index, "reason": why})
         self.restart()
 
-    def take_result(self) -> tuple[Any, tuple[bool, str]]:
-        outcome = self.conn.recv()
-        task, self.task = self.task, None
-        return task, outcome
+    def take_results(self) -> list[tuple[Any, tuple[bool, str, float]]]:
+        """The outcomes the worker has sent, (task, (ok, value, run seconds)), at least one:
+        call when its pipe is readable. Raises EOFError/OSError when the worker is gone."""
+        out = [(self.tasks[0], self.conn.recv())]  # a dead worker leaves its task in place
+        self.tasks.popleft()
+        with contextlib.suppress(EOFError, OSError):  # died after these: the next collect says so
+            while self.tasks and self.conn.poll():
+                out.append((self.tasks[0], self.conn.recv()))
+                self.tasks.popleft()
+        self.started_at = time.monotonic()
+        if self.queued_bytes:
+            self.queued_bytes = sum(len(t.payload) for t in list(self.tasks)[1:])
+        return out
 
     def died(self) -> str | None:
         """Why the process is gone, if it is."""
@@ -176,11 +203,16 @@ class Slot:
             self.proc.kill()  # in case it had not yet made its own process group
         self.proc.join(timeout=5)
 
-    def restart(self) -> None:
+    def restart(self) -> list[Any]:
+        """Kill and start afresh; returns the tasks it held behind the running one (never
+        started: they go back to the pool's waiting line)."""
         self.kill()
         self.conn.close()
-        self.task = None
+        unstarted = list(self.tasks)[1:]
+        self.tasks.clear()
+        self.queued_bytes = 0
         self._start()
+        return unstarted
 
     def close(self) -> None:
         if self.proc.is_alive() and not self.busy:

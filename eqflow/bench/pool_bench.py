@@ -12,10 +12,11 @@ from eqflow.queue import LocalTaskQueue
 from eqflow.workers.launchers import JobState, LocalLauncher, PoolSpec, wait
 
 
-def _one(queue: LocalTaskQueue, task_type: int, workers: int, seconds: float, n: int, batch: int) -> float:
+def _one(queue: LocalTaskQueue, task_type: int, workers: int, seconds: float, n: int, batch: int,
+         prefetch: bool = True) -> float:
     launcher = LocalLauncher()
     job = launcher.start(PoolSpec([task_type], fn="eqflow.workers.tasks:sleep", workers=workers,
-                                  batch_size=batch, db_url=queue.url, idle_exit=2))
+                                  batch_size=batch, db_url=queue.url, idle_exit=2, prefetch=prefetch))
     deadline = time.monotonic() + 60
     while not any(str(p.pid) == job for p in queue.pools(active_only=True)):  # warm: pool registered
         if time.monotonic() > deadline:
@@ -37,25 +38,26 @@ def _one(queue: LocalTaskQueue, task_type: int, workers: int, seconds: float, n:
 def run(url: str | None = None, progress: Any = None) -> dict[str, Any]:
     say = progress or (lambda msg: None)
     queue = LocalTaskQueue(bench_database(url), migrate=False)
-    rows = []
+    rows: list[dict[str, Any]] = []
     task_type = 100
     try:
-        for seconds, label in ((0.0, "noop"), (0.01, "10ms")):
-            for workers in (1, 2, 4):
-                task_type += 1
-                n = 5000 if seconds == 0 else 300 * workers
-                batch = workers * 8  # 8 in hand per worker
-                say(f"{label} x {workers} workers, batch {batch}")
-                rate = _one(queue, task_type, workers, seconds, n, batch)
-                ideal = workers / seconds if seconds else None
-                rows.append({"task": label, "workers": workers, "batch": batch, "tasks": n,
-                             "tasks_per_s": round(rate),
-                             "ideal_tasks_per_s": ideal,
-                             "efficiency": round(rate / ideal, 2) if ideal else None})
+        cases = ((s, label, w, pre) for s, label in ((0.0, "noop"), (0.01, "10ms"))
+                 for w in (1, 2, 4) for pre in (False, True))
+        for seconds, label, workers, prefetch in cases:
+            task_type += 1
+            n = 5000 if seconds == 0 else 300 * workers
+            batch = workers * 8  # 8 in hand per worker
+            say(f"{label} x {workers} workers, batch {batch}, prefetch {'on' if prefetch else 'off'}")
+            rate = _one(queue, task_type, workers, seconds, n, batch, prefetch)
+            ideal = workers / seconds if seconds else None
+            rows.append({"task": label, "workers": workers, "batch": batch, "prefetch": prefetch, "tasks": n,
+                         "tasks_per_s": round(rate), "ideal_tasks_per_s": ideal,
+                         "efficiency": round(rate / ideal, 2) if ideal else None})
         # The raw claim/report loop of `eqflow bench queue` (4 processes, batch 100), same run.
         say("raw claim/report loop x 4 processes, batch 100")
         raw = bench_end_to_end(queue, 5000, 4, 100, task_type=task_type + 1)
     finally:
         queue.close()
-    pool4 = float(next(r["tasks_per_s"] or 0 for r in rows if r["task"] == "noop" and r["workers"] == 4))
+    pool4 = float(next(r["tasks_per_s"] or 0 for r in rows
+                       if r["task"] == "noop" and r["workers"] == 4 and r["prefetch"]))
     return {"pool": rows, "raw_loop_tasks_per_s": round(raw), "noop_4_workers_over_raw": round(pool4 / raw, 2)}
