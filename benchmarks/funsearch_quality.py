@@ -81,7 +81,17 @@ def quality_run(queue: LocalTaskQueue, url: str, out: Path, tag: str, strategy: 
     return {"strategy": strategy, "prior": prior, "seed": seed, "reached": bool(reached),
             "evaluations_to_targets": reached[0].data["evaluated"] if reached else None,
             "evaluated": engine.counters.evaluated, "best_scores": best.scores if best else None,
-            "seconds": round(time.monotonic() - started, 1), "stop": stop.reason}
+            "seconds": round(time.monotonic() - started, 1), "stop": stop.reason,
+            "probe_runs": probe_runs(queue, exp_id)}
+
+
+def probe_runs(queue: LocalTaskQueue, exp_id: str) -> int:
+    """Sandbox runs the sampler spent probing candidates on made-up inputs (not evaluations: no
+    candidate is scored there), summed over the run's sample tasks."""
+    with queue.db.connection() as conn:
+        rows = conn.execute("SELECT result FROM tasks WHERE exp_id = %s AND task_type = %s AND result IS NOT NULL",
+                            (exp_id, SAMPLE)).fetchall()
+    return sum(int(json.loads(row[0]).get("sandbox_runs") or 0) for row in rows)
 
 
 def long_run(queue: LocalTaskQueue, url: str, out: Path, tag: str, seconds: float, evaluators: int) -> dict[str, Any]:
@@ -149,7 +159,9 @@ def summarise(runs: list[dict[str, Any]], evaluations: int) -> dict[str, Any]:
         table[label] = {"seeds": len(mine), "reached": len(hits),
                            "median_evaluations": statistics.median(hits) if hits else None,
                            "max_evaluations": max(hits) if hits else None,
-                           "median_seconds": statistics.median(r["seconds"] for r in mine)}
+                           "median_seconds": statistics.median(r["seconds"] for r in mine),
+                           "probe_runs_per_evaluation": round(sum(r.get("probe_runs", 0) for r in mine)
+                                                              / max(1, sum(r["evaluated"] for r in mine)), 2)}
     return table
 
 
@@ -175,11 +187,11 @@ def plot(runs: list[dict[str, Any]], evaluations: int, path: Path) -> None:
 
 
 def markdown(table: dict[str, Any], long: dict[str, Any] | None, speed: dict[str, Any] | None) -> str:
-    lines = ["| strategy / prior | seeds at 10/16/30 | median evaluations | worst | median s/run |",
-             "|---|---|---|---|---|"]
+    lines = ["| strategy / prior | seeds at 10/16/30 | median evaluations | worst | median s/run "
+             "| sampler probe runs / evaluation |", "|---|---|---|---|---|---|"]
     for strategy, row in table.items():
         lines.append(f"| {strategy} | {row['reached']}/{row['seeds']} | {row['median_evaluations']} | "
-                     f"{row['max_evaluations']} | {row['median_seconds']} |")
+                     f"{row['max_evaluations']} | {row['median_seconds']} | {row['probe_runs_per_evaluation']} |")
     if long:
         lines += ["", f"Longer run ({long['seconds']:g} s budget, {long['evaluated']} evaluations; stopped: "
                       f"{long['stop']}):", "",
@@ -236,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                                           args.evaluators, args.islands, args.reduce)
                         runs.append(run)
                         say(f"[quality] seed {seed:2d} {strategy:<10} {prior:<7} reached={run['reached']!s:<5} "
-                            f"after {run['evaluations_to_targets']} evaluations ({run['seconds']} s)")
+                            f"after {run['evaluations_to_targets']} evaluations ({run['seconds']} s, "
+                            f"{run['probe_runs']} probe runs)")
                 if args.long_seconds > 0:
                     results["long"] = long_run(queue, url, out, tag, args.long_seconds, args.evaluators)
             finally:

@@ -22,6 +22,14 @@ favour index-weighted sums and ``n + 1`` -- knowledge of deletion codes, kept fo
 
 Candidates that read none of the function's arguments (or, when it has others, only its int
 arguments: sizes such as ``n``, fixed across one evaluation) are not returned: they are constants.
+
+Probing (``probe``, default true; ``mutation_probe.py``): each candidate with new text, and each
+parent, also runs in a sandbox of the sampler's own (bubblewrap-isolated forked children, as the
+evaluator's; never in the sampler's process) on inputs made up from the signature alone. Its
+fingerprint is the order it gives those inputs. A candidate ordering them like a parent or an
+earlier candidate (``2 * sum(el) + 1`` beside ``sum(el)``), or not at all (``len(el) + n``), is
+given only when too few others are found. No problem is scored there: a probe is not an
+evaluation; ``SampleResult.sandbox_runs`` counts them.
 The edit mix was tuned offline on a deletion-codes greedy (a scratch script, not shipped); nothing
 in here names that problem or its answers, and the default prior gives every term the same weight.
 """
@@ -40,6 +48,7 @@ from functools import partial
 from typing import Any
 
 from eqflow.funsearch.code import INDENT, parse_function
+from eqflow.funsearch.mutation_probe import orders_nothing, prober
 from eqflow.funsearch.samplers import SampleRequest, SampleResult, register
 
 # What a subexpression evaluates to, as far as the sampler can tell from the syntax.
@@ -556,10 +565,12 @@ class MutationSampler:
 
     def __init__(self, max_nodes: int = 80, max_depth: int = 12, crossover_rate: float = 0.15,
                  max_edits: int = 3, weights: dict[str, float] | None = None, attempts: int = 40,
-                 term_wrap_rate: float = 0.5, prior: str = "uniform") -> None:
+                 term_wrap_rate: float = 0.5, prior: str = "uniform", probe: bool = True) -> None:
         if prior not in PRIORS:
             raise ValueError(f"unknown mutation prior {prior!r}; known: {', '.join(PRIORS)}")
         self.prior = prior
+        self.probe = bool(probe)
+        self.probe_runs = 0  # sandbox runs spent probing, over this sampler's life
         self.max_nodes = int(max_nodes)
         self.max_depth = int(max_depth)
         self.crossover_rate = float(crossover_rate)
@@ -582,8 +593,12 @@ class MutationSampler:
         mutator = Mutator(signature, rng, self.max_nodes, self.max_depth, self.weights, self.term_wrap_rate,
                           prior=self.prior)
         seen = {_canonical(p) for p in parents}
+        probes = prober(request.header, request.function_name, signature) if self.probe else None
+        runs = probes.runs if probes is not None else 0
+        behaviours = {f for p in parents if probes is not None and (f := probes.fingerprint(body_text(p))) is not None}
         bodies: list[str] = []
         spare: list[str] = []  # valid candidates that repeat one already given: best effort fill
+        similar: list[str] = []  # new text that orders the probe inputs like a parent or an earlier one
         for _ in range(self.attempts * max(1, request.samples)):
             if len(bodies) >= request.samples:
                 break
@@ -591,11 +606,24 @@ class MutationSampler:
             if candidate is None:
                 continue
             canonical = _canonical(candidate)
-            (spare if canonical in seen else bodies).append(body_text(candidate))
+            text = body_text(candidate)
+            if canonical in seen:
+                spare.append(text)
+                continue
             seen.add(canonical)
+            behaviour = probes.fingerprint(text) if probes is not None else None
+            if behaviour is not None and (behaviour in behaviours or orders_nothing(behaviour)):
+                similar.append(text)
+                continue
+            bodies.append(text)
+            if behaviour is not None:
+                behaviours.add(behaviour)
         while len(bodies) < request.samples:
-            bodies.append(spare.pop() if spare else body_text(parents[-1]))
-        return SampleResult(bodies=bodies, seconds=time.perf_counter() - started, model="mutation")
+            bodies.append(similar.pop() if similar else spare.pop() if spare else body_text(parents[-1]))
+        runs = probes.runs - runs if probes is not None else 0
+        self.probe_runs += runs
+        return SampleResult(bodies=bodies, seconds=time.perf_counter() - started, model="mutation",
+                            sandbox_runs=runs)
 
     def _one(self, mutator: Mutator, parents: list[ast.FunctionDef], rng: random.Random) -> ast.FunctionDef | None:
         # Parents come in ascending score order: the better one is edited more often.
@@ -647,7 +675,7 @@ def _seed(request: SampleRequest) -> int:
 
 def _iter_kwargs(config: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     allowed = {"max_nodes", "max_depth", "crossover_rate", "max_edits", "weights", "attempts", "term_wrap_rate",
-               "prior"}
+               "prior", "probe"}
     for key, value in config.items():
         if key not in allowed:
             raise ValueError(f"unknown mutation sampler option {key!r}; known: {', '.join(sorted(allowed))}")

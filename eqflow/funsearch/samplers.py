@@ -48,6 +48,7 @@ class SampleResult:
     gpu_seconds: float = 0.0
     cost_usd: float = 0.0
     model: str = ""
+    sandbox_runs: int = 0  # candidates run in a sandbox by the sampler itself (probing), not evaluations
 
 
 class Sampler(Protocol):

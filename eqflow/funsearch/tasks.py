@@ -29,7 +29,8 @@ def sample(payload: str) -> str:
     return json.dumps({
         "bodies": result.bodies, "tokens_in": result.tokens_in, "tokens_out": result.tokens_out,
         "seconds": result.seconds or time.monotonic() - started, "gpu_seconds": result.gpu_seconds,
-        "cost_usd": result.cost_usd, "model": result.model, "sampler": sampler.name})
+        "cost_usd": result.cost_usd, "model": result.model, "sampler": sampler.name,
+        "sandbox_runs": result.sandbox_runs})
 
 
 def evaluate(payload: str) -> str:

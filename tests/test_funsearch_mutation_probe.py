@@ -1,0 +1,120 @@
+"""The mutation sampler's probing: candidates (and parents) run only in a sandbox, on inputs made up
+from the signature; fingerprints are orders; what orders like a parent or orders nothing is skipped."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+from eqflow.funsearch.code import function_source
+from eqflow.funsearch.mutation import MutationSampler, parse_signature
+from eqflow.funsearch.mutation_probe import Prober, orders_nothing, probe_calls, probe_kinds, prober
+from eqflow.funsearch.samplers import SampleRequest, make_sampler
+
+REPO = Path(__file__).resolve().parent.parent
+DELETION = "def priority(el: tuple[int, ...], n: int, s: int) -> float:"
+BIN_PACKING = "def priority(item: float, bins: np.ndarray) -> np.ndarray:"
+
+
+@pytest.fixture(scope="module")
+def probes() -> Prober:
+    return prober(DELETION, "priority", parse_signature(DELETION))
+
+
+def request(header: str, bodies: tuple[str, ...], samples: int = 4, seed: int = 0) -> SampleRequest:
+    return SampleRequest(prompt="", parents=tuple(function_source(header, b) for b in bodies),
+                         function_name="priority", header=header, samples=samples, seed=seed)
+
+
+def test_fingerprints_are_orders(probes: Prober) -> None:
+    same = probes.fingerprint("    return sum(el)\n")
+    assert same is not None and not orders_nothing(same)
+    assert probes.fingerprint("    return 2 * sum(el) + 1\n") == same  # the same order
+    assert probes.fingerprint("    return -sum(el)\n") != same
+    weighted = probes.fingerprint("    return sum(i * x for i, x in enumerate(el, 1)) % (n + 1)\n")
+    assert weighted is not None and weighted != same
+    nothing = probes.fingerprint("    return len(el) + n\n")  # fixed within a group
+    assert nothing is not None and orders_nothing(nothing)
+    assert probes.fingerprint("    return el[100]\n") is None  # fails everywhere: not judged
+    assert probes.fingerprint("    while True:\n        pass\n") is None  # times out: not judged
+
+
+def test_inputs_come_from_the_signature_only() -> None:
+    kinds = probe_kinds(parse_signature(DELETION), DELETION)
+    assert kinds == ["seq", "int", "int"]
+    groups = probe_calls(kinds)
+    assert probe_calls(kinds) == groups  # fixed: fingerprints compare across requests
+    for calls in groups:
+        assert len({len(call[0]) for call in calls}) == 1 and len({call[1] for call in calls}) == 1
+    assert probe_kinds(parse_signature(BIN_PACKING), BIN_PACKING) == ["float", "array"]
+    only_ints = "def priority(n: int, k: int) -> float:"
+    assert probe_kinds(parse_signature(only_ints), only_ints) is None  # nothing varies: not probed
+    unknown = "def priority(x: Widget, n: int) -> float:"
+    assert probe_kinds(parse_signature(unknown), unknown) is None
+
+
+def test_numpy_signatures_are_probed() -> None:
+    probes = prober(BIN_PACKING, "priority", parse_signature(BIN_PACKING))
+    first = probes.fingerprint("    return -(bins - item)\n")
+    assert first is not None and probes.fingerprint("    return 3.0 * (item - bins) - 1.0\n") == first
+    assert probes.fingerprint("    return bins - item\n") != first
+
+
+def test_candidates_misbehaving_while_probed_stay_in_the_sandbox(probes: Prober) -> None:
+    if probes._open() is None:
+        pytest.skip("no sandbox here")
+    name = f"eqflow-mutation-probe-{uuid.uuid4().hex}"
+    in_repo, in_tmp = REPO / name, Path("/tmp") / name
+    box = probes._sandbox
+    assert box is not None
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        bodies = [f"    open({str(in_repo)!r}, 'w').write('x')\n    return sum(el)\n",
+                  f"    open({str(in_tmp)!r}, 'w').write('x')\n    return sum(el) * 3\n",
+                  f"    import socket\n    socket.create_connection(('127.0.0.1', {port}), timeout=0.5)\n"
+                  "    return sum(el) * 5\n",
+                  "    import os\n    os.environ['EQFLOW_PROBE_MARK'] = '1'\n    return el[0] - n\n",
+                  "    import os, signal\n    os.kill(os.getppid(), signal.SIGKILL)\n    return el[1]\n"]
+        for body in bodies:
+            probes.fingerprint(body)
+        if box.isolation_info.no_network:
+            assert not select.select([server], [], [], 0)[0], "a probed candidate reached the host's listener"
+    if box.isolation_info.readonly_filesystem:
+        assert not in_repo.exists() and not in_tmp.exists()
+    assert "EQFLOW_PROBE_MARK" not in os.environ  # it ran in another process
+    assert probes.fingerprint("    return sum(el) - 7\n") == probes.fingerprint("    return sum(el)\n")  # still works
+
+
+def test_untrusted_parents_run_only_in_the_sandbox() -> None:
+    """The sampler probes its parents too: a parent that would change the sampler's process if it
+    ran there changes nothing."""
+    parents = ("    import os\n    os.environ['EQFLOW_PROBE_PARENT'] = '1'\n    return sum(el) % (n + 1)\n",
+               "    return -sum(el)\n")
+    sampler = MutationSampler()
+    for seed in range(5):
+        result = sampler.sample(request(DELETION, parents, samples=4, seed=seed))
+        assert len(result.bodies) == 4 and result.sandbox_runs > 0
+    assert "EQFLOW_PROBE_PARENT" not in os.environ
+
+
+def test_sampler_skips_candidates_ordering_like_a_parent_or_nothing(probes: Prober) -> None:
+    parents = ("    return 0.0\n", "    return -(sum(el) % (n + 1)) + s * 0.5\n")
+    known = {probes.fingerprint(body) for body in parents}
+    runs = 0
+    for seed in range(10):
+        result = make_sampler({"type": "mutation"}).sample(request(DELETION, parents, samples=4, seed=seed))
+        runs += result.sandbox_runs
+        prints = [probes.fingerprint(body) for body in result.bodies]
+        found = [p for p in prints if p is not None]
+        assert len(set(found)) == len(found) and not set(found) & known
+        assert not any(orders_nothing(p) for p in found)
+    assert 40 <= runs < 400  # about one probe per candidate given, plus those skipped
+    unprobed = make_sampler({"type": "mutation", "probe": False}).sample(request(DELETION, parents))
+    assert len(unprobed.bodies) == 4 and unprobed.sandbox_runs == 0
