@@ -57,6 +57,10 @@ def _bench(args: argparse.Namespace) -> int:
         from eqflow.bench import pool_bench
 
         figures = pool_bench.run(args.url, progress=say)
+    elif args.suite == "churn":
+        from eqflow.bench import churn_bench
+
+        figures = churn_bench.run(args.url, completions=args.tasks or 1_000_000, progress=say)
     elif args.suite == "scale":
         from eqflow.bench import scale_bench
 
@@ -155,9 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     db.set_defaults(func=_db)
 
     bench = sub.add_parser("bench", help="benchmarks; prints one JSON line")
-    bench.add_argument("suite", choices=["queue", "pool", "service", "peers", "scale"])
+    bench.add_argument("suite", choices=["queue", "pool", "service", "peers", "scale", "churn"])
     bench.add_argument("--url", default=None, help="server to use (default: embedded)")
-    bench.add_argument("--tasks", type=int, default=None, help="end-to-end tasks (default 20,000; peers: 5,000)")
+    bench.add_argument("--tasks", type=int, default=None,
+                       help="end-to-end tasks (default 20,000; peers: 5,000; churn: 1,000,000 per setting)")
     bench.add_argument("--workers", type=int, default=4, help="end-to-end worker processes")
     bench.add_argument("--long-polls", type=int, default=0,
                        help="service: short-request latency and RSS under this many idle long-polls instead")

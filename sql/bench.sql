@@ -62,3 +62,45 @@ VACUUM ANALYZE tasks;
 
 -- name: bench_analyze_tasks
 ANALYZE tasks;
+
+-- name: bench_autovacuum_defaults
+-- eqflow bench churn: the task table (and the counters) with PostgreSQL's default autovacuum
+-- trigger and full pages, as before migration 0011, for the side-by-side run.
+ALTER TABLE tasks RESET (autovacuum_vacuum_scale_factor, autovacuum_vacuum_threshold,
+    autovacuum_vacuum_insert_scale_factor, autovacuum_analyze_scale_factor, autovacuum_vacuum_cost_limit);
+
+-- name: bench_is_superuser
+SELECT rolsuper FROM pg_roles WHERE rolname = current_user;
+
+-- name: bench_naptime_default
+-- PostgreSQL's default pause between autovacuum's looks at a database (superuser only).
+ALTER SYSTEM SET autovacuum_naptime = '1min';
+
+-- name: bench_naptime_eqflow
+-- The embedded cluster's setting (eqflow/db/embedded.py).
+ALTER SYSTEM SET autovacuum_naptime = '10s';
+
+-- name: bench_naptime_reset
+-- Back to the server's own configuration file.
+ALTER SYSTEM RESET autovacuum_naptime;
+
+-- name: bench_reload_conf
+SELECT pg_reload_conf();
+
+-- name: bench_churn_truncate
+-- The churn benchmark's tables, emptied with their statistics before each setting's run.
+TRUNCATE tasks, task_metrics, task_throughput, pools, experiments, submissions;
+
+-- name: bench_churn_open
+-- Queued tasks of one type, and running tasks (both read through partial indexes).
+SELECT (SELECT count(*) FROM tasks WHERE status = 'queued' AND task_type = %(task_type)s),
+       (SELECT count(*) FROM tasks WHERE status = 'running');
+
+-- name: bench_churn_sample
+-- Row versions, sizes and vacuum/update counters of the task table and the counters table.
+SELECT t.n_live_tup, t.n_dead_tup, t.autovacuum_count, t.n_tup_upd, t.n_tup_hot_upd,
+       pg_table_size('tasks'), pg_indexes_size('tasks'),
+       m.n_dead_tup, m.n_tup_upd, m.n_tup_hot_upd, pg_total_relation_size('task_metrics'),
+       current_setting('autovacuum_naptime')
+FROM pg_stat_user_tables t, pg_stat_user_tables m
+WHERE t.relname = 'tasks' AND m.relname = 'task_metrics';

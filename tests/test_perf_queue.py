@@ -197,3 +197,56 @@ def test_pool_with_a_deep_batch_runs_each_task_once_and_reports_before_it_stops(
     assert sql(db_url, "SELECT status::text, count(*), max(attempts) FROM tasks GROUP BY 1 ORDER BY 1") == [
         ("complete", 300, 1), ("failed", 5, 1)]
     assert sql(db_url, "SELECT status FROM pools") == [("stopped",)]
+
+
+def test_the_task_table_vacuums_early_and_the_embedded_cluster_looks_often(db_url, pg_cluster):
+    """Migration 0011 and the embedded cluster's autovacuum_naptime; a cluster made before it
+    gets the setting when eqflow next finds it running (appended and reloaded)."""
+    import pathlib
+    import time
+
+    import pytest
+
+    [(options,)] = sql(db_url, "SELECT reloptions FROM pg_class WHERE relname = 'tasks'")
+    assert "autovacuum_vacuum_scale_factor=0.02" in options
+    if pg_cluster is None:
+        pytest.skip("an external server (EQFLOW_TEST_DB_URL): its settings are its own")
+    assert sql(db_url, "SHOW autovacuum_naptime") == [("10s",)]
+    conf = pathlib.Path(pg_cluster._read_state().data_dir) / "postgresql.conf"
+    block = "\n# --- eqflow embedded cluster: autovacuum ---\nautovacuum_naptime = 10s\n"
+    assert block in conf.read_text()
+    conf.write_text(conf.read_text().replace(block, ""))  # as an older eqflow left it
+    pg_cluster._pg_ctl(pg_cluster._read_state(), "reload")
+    deadline = time.monotonic() + 10
+    while sql(db_url, "SHOW autovacuum_naptime") != [("1min",)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sql(db_url, "SHOW autovacuum_naptime") == [("1min",)]
+    pg_cluster.ensure_running()
+    deadline = time.monotonic() + 10
+    while sql(db_url, "SHOW autovacuum_naptime") != [("10s",)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sql(db_url, "SHOW autovacuum_naptime") == [("10s",)]
+    assert conf.read_text().count("eqflow embedded cluster: autovacuum") == 1
+
+
+def test_churn_benchmark_compares_the_settings_and_leaves_the_server_as_it_was(db_url, pg_cluster):
+    """`eqflow bench churn` on a few thousand tasks: both settings run, the figures come from
+    the server's statistics, and the naptime it changed for the run is reset after."""
+    import pytest
+
+    from eqflow.bench import churn_bench
+
+    if pg_cluster is None:
+        pytest.skip("changes a server setting: only on the tests' own embedded cluster")
+    figures = churn_bench.run(db_url, completions=3000)
+    base, tuned = figures["churn"]
+    assert (base["settings"], tuned["settings"]) == ("defaults", "eqflow")
+    assert (base["autovacuum_naptime"], tuned["autovacuum_naptime"]) == ("1min", "10s")
+    for row in (base, tuned):
+        assert row["completions"] == 3000 and row["completions_per_s"] > 0
+        assert row["dead_rows_max"] > 0 and row["heap_mb"] > 0 and row["index_mb"] > 0
+        assert row["hot_update_pct"] == 0.0  # every update of tasks changes its status
+    assert sql(db_url, "SHOW autovacuum_naptime") == [("10s",)]
+    bench = db_url.replace(db_url.split("dbname=")[1].split()[0], "eqflow_bench")
+    [(options,)] = sql(bench, "SELECT reloptions FROM pg_class WHERE relname = 'tasks'")
+    assert "autovacuum_vacuum_scale_factor=0.02" in options
