@@ -13,7 +13,7 @@ import pytest
 
 from eqflow.funsearch.code import function_source
 from eqflow.funsearch.mutation import MutationSampler, parse_signature
-from eqflow.funsearch.mutation_probe import Prober, orders_nothing, probe_calls, probe_kinds, prober
+from eqflow.funsearch.mutation_probe import Prober, not_worth_evaluating, probe_calls, probe_kinds, prober
 from eqflow.funsearch.samplers import SampleRequest, make_sampler
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,14 +33,19 @@ def request(header: str, bodies: tuple[str, ...], samples: int = 4, seed: int = 
 
 def test_fingerprints_are_orders(probes: Prober) -> None:
     same = probes.fingerprint("    return sum(el)\n")
-    assert same is not None and not orders_nothing(same)
+    assert same is not None and not not_worth_evaluating(same)
     assert probes.fingerprint("    return 2 * sum(el) + 1\n") == same  # the same order
     assert probes.fingerprint("    return -sum(el)\n") != same
     weighted = probes.fingerprint("    return sum(i * x for i, x in enumerate(el, 1)) % (n + 1)\n")
     assert weighted is not None and weighted != same
     nothing = probes.fingerprint("    return len(el) + n\n")  # fixed within a group
-    assert nothing is not None and orders_nothing(nothing)
-    assert probes.fingerprint("    return el[100]\n") is None  # fails everywhere: not judged
+    assert nothing is not None and not_worth_evaluating(nothing)
+    broken = probes.fingerprint("    return el[100]\n")  # fails everywhere
+    assert broken is not None and not_worth_evaluating(broken)
+    some = probes.fingerprint("    return 1 / (sum(el) - 2)\n")  # fails on some inputs of a size
+    assert some is not None and not_worth_evaluating(some)
+    sized = probes.fingerprint("    return el[4] + sum(el)\n")  # fails only on sizes it cannot take
+    assert sized is not None and not not_worth_evaluating(sized)
     assert probes.fingerprint("    while True:\n        pass\n") is None  # times out: not judged
 
 
@@ -114,7 +119,7 @@ def test_sampler_skips_candidates_ordering_like_a_parent_or_nothing(probes: Prob
         prints = [probes.fingerprint(body) for body in result.bodies]
         found = [p for p in prints if p is not None]
         assert len(set(found)) == len(found) and not set(found) & known
-        assert not any(orders_nothing(p) for p in found)
+        assert not any(not_worth_evaluating(p) for p in found)
     assert 40 <= runs < 400  # about one probe per candidate given, plus those skipped
     unprobed = make_sampler({"type": "mutation", "probe": False}).sample(request(DELETION, parents))
     assert len(unprobed.bodies) == 4 and unprobed.sandbox_runs == 0

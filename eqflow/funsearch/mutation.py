@@ -48,7 +48,7 @@ from functools import partial
 from typing import Any
 
 from eqflow.funsearch.code import INDENT, parse_function
-from eqflow.funsearch.mutation_probe import orders_nothing, prober
+from eqflow.funsearch.mutation_probe import not_worth_evaluating, prober
 from eqflow.funsearch.samplers import SampleRequest, SampleResult, register
 
 # What a subexpression evaluates to, as far as the sampler can tell from the syntax.
@@ -612,7 +612,7 @@ class MutationSampler:
                 continue
             seen.add(canonical)
             behaviour = probes.fingerprint(text) if probes is not None else None
-            if behaviour is not None and (behaviour in behaviours or orders_nothing(behaviour)):
+            if behaviour is not None and (behaviour in behaviours or not_worth_evaluating(behaviour)):
                 similar.append(text)
                 continue
             bodies.append(text)
