@@ -346,7 +346,8 @@ class FunSearch:
         prompt = "" if sampler.get("type", "mutation") == "mutation" else self._prompt(sources)
         request = SampleRequest(prompt=prompt, parents=tuple(sources), function_name=self.spec.function_name,
                                 header=self.spec.header, samples=self.fs.samples_per_prompt,
-                                seed=self.rng.getrandbits(31), params={})
+                                seed=self.rng.getrandbits(31), params={},
+                                scope=f"{self.exp_id}/{island_id}/{island.version}")
         payload = {"sampler": sampler, "request": asdict(request), "island": island_id, "version": island.version,
                    "parents": [p.program_id for p in parents]}
         future = self.queue.submit(self.exp_id, self.sample_type, json.dumps(payload), priority=SAMPLE_PRIORITY,

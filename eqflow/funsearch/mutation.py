@@ -30,6 +30,16 @@ fingerprint is the order it gives those inputs. A candidate ordering them like a
 earlier candidate (``2 * sum(el) + 1`` beside ``sum(el)``), or not at all (``len(el) + n``), is
 given only when too few others are found. No problem is scored there: a probe is not an
 evaluation; ``SampleResult.sandbox_runs`` counts them.
+
+Reversal (``reverse``, default true): the first candidate of every answer is the better parent with
+its order reversed (every returned value negated), when that orders the probe inputs unlike both
+parents: the direction of an order is the first thing to try about any priority function. The
+engine evaluates a body once, so asking again for the same parent costs nothing.
+
+Memory (``remember``, default true): with ``SampleRequest.scope`` set (the engine sets it to the
+experiment, island and island version), what the sampler gave there before is skipped like a
+parent, so an island is not given an order twice (the engine would evaluate it and drop it as a
+duplicate behaviour). Without a scope a request always gives the same answer.
 The edit mix was tuned offline on a deletion-codes greedy (a scratch script, not shipped); nothing
 in here names that problem or its answers, and the default prior gives every term the same weight.
 """
@@ -42,6 +52,7 @@ import hashlib
 import math
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -552,6 +563,9 @@ def body_text(function: ast.FunctionDef) -> str:
 # and n + 1 favoured): problem knowledge, for comparison only.
 PRIORS = ("uniform", "tuned")
 
+MEMORY_SCOPES = 256  # islands remembered (the least recently sampled for is forgotten first)
+MEMORY_PER_SCOPE = 20_000  # fingerprints remembered per island
+
 DEFAULT_WEIGHTS: dict[str, float] = {
     "perturb": 0.1, "swap": 0.15, "replace": 0.15, "insert": 0.15, "wrap": 0.25, "simplify": 0.1, "drop": 0.02,
     "fresh": 0.3,
@@ -565,11 +579,15 @@ class MutationSampler:
 
     def __init__(self, max_nodes: int = 80, max_depth: int = 12, crossover_rate: float = 0.15,
                  max_edits: int = 3, weights: dict[str, float] | None = None, attempts: int = 40,
-                 term_wrap_rate: float = 0.5, prior: str = "uniform", probe: bool = True) -> None:
+                 term_wrap_rate: float = 0.5, prior: str = "uniform", probe: bool = True,
+                 reverse: bool = True, remember: bool = True) -> None:
         if prior not in PRIORS:
             raise ValueError(f"unknown mutation prior {prior!r}; known: {', '.join(PRIORS)}")
         self.prior = prior
         self.probe = bool(probe)
+        self.reverse = bool(reverse)
+        self.remember = bool(remember)
+        self._memory: OrderedDict[str, OrderedDict[tuple[float, ...], None]] = OrderedDict()
         self.probe_runs = 0  # sandbox runs spent probing, over this sampler's life
         self.max_nodes = int(max_nodes)
         self.max_depth = int(max_depth)
@@ -596,13 +614,18 @@ class MutationSampler:
         probes = prober(request.header, request.function_name, signature) if self.probe else None
         runs = probes.runs if probes is not None else 0
         behaviours = {f for p in parents if probes is not None and (f := probes.fingerprint(body_text(p))) is not None}
+        given = self._given(request.scope) if probes is not None else None
+        if given is not None:
+            behaviours |= given.keys()
         bodies: list[str] = []
         spare: list[str] = []  # valid candidates that repeat one already given: best effort fill
         similar: list[str] = []  # new text that orders the probe inputs like a parent or an earlier one
+        reversal = _reversed(parents[-1]) if self.reverse else None
+        first = [reversal] if reversal is not None and _size(reversal) <= self.max_nodes else []
         for _ in range(self.attempts * max(1, request.samples)):
             if len(bodies) >= request.samples:
                 break
-            candidate = self._one(mutator, parents, rng)
+            candidate = first.pop() if first else self._one(mutator, parents, rng)
             if candidate is None:
                 continue
             canonical = _canonical(candidate)
@@ -618,12 +641,29 @@ class MutationSampler:
             bodies.append(text)
             if behaviour is not None:
                 behaviours.add(behaviour)
+                if given is not None:
+                    given[behaviour] = None
+                    while len(given) > MEMORY_PER_SCOPE:
+                        given.popitem(last=False)
         while len(bodies) < request.samples:
             bodies.append(similar.pop() if similar else spare.pop() if spare else body_text(parents[-1]))
         runs = probes.runs - runs if probes is not None else 0
         self.probe_runs += runs
         return SampleResult(bodies=bodies, seconds=time.perf_counter() - started, model="mutation",
                             sandbox_runs=runs)
+
+    def _given(self, scope: str) -> OrderedDict[tuple[float, ...], None] | None:
+        """The fingerprints of what this sampler gave to ``scope`` (an island of one experiment, in
+        one version) before; None without a scope."""
+        if not scope or not self.remember:
+            return None
+        given = self._memory.get(scope)
+        if given is None:
+            given = self._memory[scope] = OrderedDict()
+            while len(self._memory) > MEMORY_SCOPES:
+                self._memory.popitem(last=False)
+        self._memory.move_to_end(scope)
+        return given
 
     def _one(self, mutator: Mutator, parents: list[ast.FunctionDef], rng: random.Random) -> ast.FunctionDef | None:
         # Parents come in ascending score order: the better one is edited more often.
@@ -641,6 +681,32 @@ class MutationSampler:
         if not (varying or set(signature.ints)) & _free_names(candidate):
             return None
         return candidate
+
+
+def _reversed(parent: ast.FunctionDef) -> ast.FunctionDef | None:
+    """``parent`` with its order reversed: every value it returns negated (``-x``; ``x`` where it
+    returned ``-x``). None when it returns nothing to negate."""
+    function = copy.deepcopy(parent)
+    changed = False
+    for node in _own_nodes(function):
+        if isinstance(node, ast.Return) and node.value is not None:
+            value = node.value
+            if isinstance(value, ast.UnaryOp) and isinstance(value.op, ast.USub):
+                node.value = value.operand
+            else:
+                node.value = ast.UnaryOp(ast.USub(), value)
+            changed = True
+    return _reparse(ast.fix_missing_locations(function)) if changed else None
+
+
+def _own_nodes(function: ast.FunctionDef) -> Iterator[ast.AST]:
+    """The nodes of ``function``'s body, not those of functions or lambdas defined in it."""
+    stack: list[ast.AST] = list(function.body)
+    while stack:
+        node = stack.pop()
+        yield node
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+            stack.extend(ast.iter_child_nodes(node))
 
 
 def _function(header: str, statement: str) -> ast.FunctionDef:
@@ -675,7 +741,7 @@ def _seed(request: SampleRequest) -> int:
 
 def _iter_kwargs(config: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     allowed = {"max_nodes", "max_depth", "crossover_rate", "max_edits", "weights", "attempts", "term_wrap_rate",
-               "prior", "probe"}
+               "prior", "probe", "reverse", "remember"}
     for key, value in config.items():
         if key not in allowed:
             raise ValueError(f"unknown mutation sampler option {key!r}; known: {', '.join(sorted(allowed))}")

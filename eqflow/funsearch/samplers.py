@@ -25,6 +25,8 @@ class SampleRequest:
     samples: how many candidates to return (``samples_per_prompt``).
     seed: for samplers that draw random numbers; the same request and seed give the same answer.
     params: generation parameters (temperature, top_p, max_new_tokens, ...), sampler-specific.
+    scope: where the candidates go (the engine: experiment, island and the island's version), so a
+        sampler may remember what it already gave there; empty: no memory.
     """
 
     prompt: str
@@ -34,6 +36,7 @@ class SampleRequest:
     samples: int = 2
     seed: int = 0
     params: dict[str, Any] = field(default_factory=dict)
+    scope: str = ""
 
 
 @dataclass
