@@ -150,3 +150,33 @@ def test_an_island_is_not_given_an_order_twice(probes: Prober) -> None:
     # No scope: the same request gives the same answer, whatever came before.
     assert sampler.sample(request(DELETION, parents, seed=0)).bodies == \
         MutationSampler().sample(request(DELETION, parents, seed=0)).bodies
+
+
+def test_an_order_given_to_another_island_comes_back_as_the_same_text(probes: Prober) -> None:
+    """Across islands of one experiment an order is given as one text (the engine evaluates a text
+    once per experiment); another experiment gets its own."""
+    sampler = MutationSampler()
+    parents = tuple(function_source(DELETION, b) for b in ("    return 0.0\n", "    return sum(el) % (n + 1)\n"))
+
+    def given(scope: str, seed: int) -> list[str]:
+        req = SampleRequest(prompt="", parents=parents, function_name="priority", header=DELETION, samples=4,
+                            seed=seed, scope=scope)
+        return sampler.sample(req).bodies
+
+    texts: dict[tuple[float, ...], str] = {}
+    for seed in range(10):
+        for body in given("exp/0/0", seed):
+            found = probes.fingerprint(body)
+            assert found is not None
+            texts[found] = body
+    shared = 0
+    for seed in range(100, 110):
+        for body in given("exp/1/0", seed):
+            found = probes.fingerprint(body)
+            assert found is not None
+            if found in texts:
+                assert texts[found] == body
+                shared += 1
+    assert shared > 0
+    other = [body for seed in range(100, 110) for body in given("other/1/0", seed)]
+    assert other != [body for seed in range(100, 110) for body in given("exp/2/0", seed)]

@@ -39,7 +39,9 @@ engine evaluates a body once, so asking again for the same parent costs nothing.
 Memory (``remember``, default true): with ``SampleRequest.scope`` set (the engine sets it to the
 experiment, island and island version), what the sampler gave there before is skipped like a
 parent, so an island is not given an order twice (the engine would evaluate it and drop it as a
-duplicate behaviour). Without a scope a request always gives the same answer.
+duplicate behaviour); and a candidate ordering the probe inputs like one given to another island
+of the experiment is replaced by that one's text, which the engine evaluates once per experiment
+(the island gets it at no cost). Without a scope a request always gives the same answer.
 The edit mix was tuned offline on a deletion-codes greedy (a scratch script, not shipped); nothing
 in here names that problem or its answers, and the default prior gives every term the same weight.
 """
@@ -563,8 +565,8 @@ def body_text(function: ast.FunctionDef) -> str:
 # and n + 1 favoured): problem knowledge, for comparison only.
 PRIORS = ("uniform", "tuned")
 
-MEMORY_SCOPES = 256  # islands remembered (the least recently sampled for is forgotten first)
-MEMORY_PER_SCOPE = 20_000  # fingerprints remembered per island
+MEMORY_SCOPES = 256  # islands remembered (the least recently sampled for is forgotten first); experiments: 32
+MEMORY_PER_SCOPE = 20_000  # fingerprints remembered per island or experiment
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "perturb": 0.1, "swap": 0.15, "replace": 0.15, "insert": 0.15, "wrap": 0.25, "simplify": 0.1, "drop": 0.02,
@@ -587,7 +589,9 @@ class MutationSampler:
         self.probe = bool(probe)
         self.reverse = bool(reverse)
         self.remember = bool(remember)
-        self._memory: OrderedDict[str, OrderedDict[tuple[float, ...], None]] = OrderedDict()
+        # What was given where: fingerprint -> body, per island (scope) and per experiment.
+        self._islands: OrderedDict[str, OrderedDict[tuple[float, ...], str]] = OrderedDict()
+        self._experiments: OrderedDict[str, OrderedDict[tuple[float, ...], str]] = OrderedDict()
         self.probe_runs = 0  # sandbox runs spent probing, over this sampler's life
         self.max_nodes = int(max_nodes)
         self.max_depth = int(max_depth)
@@ -614,9 +618,9 @@ class MutationSampler:
         probes = prober(request.header, request.function_name, signature) if self.probe else None
         runs = probes.runs if probes is not None else 0
         behaviours = {f for p in parents if probes is not None and (f := probes.fingerprint(body_text(p))) is not None}
-        given = self._given(request.scope) if probes is not None else None
-        if given is not None:
-            behaviours |= given.keys()
+        remember = probes is not None and self.remember and bool(request.scope)
+        if remember:  # orders given to this island before
+            behaviours |= _remembered(self._islands, request.scope, MEMORY_SCOPES).keys()
         bodies: list[str] = []
         spare: list[str] = []  # valid candidates that repeat one already given: best effort fill
         similar: list[str] = []  # new text that orders the probe inputs like a parent or an earlier one
@@ -638,13 +642,11 @@ class MutationSampler:
             if behaviour is not None and (behaviour in behaviours or not_worth_evaluating(behaviour)):
                 similar.append(text)
                 continue
-            bodies.append(text)
             if behaviour is not None:
                 behaviours.add(behaviour)
-                if given is not None:
-                    given[behaviour] = None
-                    while len(given) > MEMORY_PER_SCOPE:
-                        given.popitem(last=False)
+                if remember:
+                    text = self._remember(request.scope, behaviour, text)
+            bodies.append(text)
         while len(bodies) < request.samples:
             bodies.append(similar.pop() if similar else spare.pop() if spare else body_text(parents[-1]))
         runs = probes.runs - runs if probes is not None else 0
@@ -652,18 +654,18 @@ class MutationSampler:
         return SampleResult(bodies=bodies, seconds=time.perf_counter() - started, model="mutation",
                             sandbox_runs=runs)
 
-    def _given(self, scope: str) -> OrderedDict[tuple[float, ...], None] | None:
-        """The fingerprints of what this sampler gave to ``scope`` (an island of one experiment, in
-        one version) before; None without a scope."""
-        if not scope or not self.remember:
-            return None
-        given = self._memory.get(scope)
-        if given is None:
-            given = self._memory[scope] = OrderedDict()
-            while len(self._memory) > MEMORY_SCOPES:
-                self._memory.popitem(last=False)
-        self._memory.move_to_end(scope)
-        return given
+    def _remember(self, scope: str, behaviour: tuple[float, ...], text: str) -> str:
+        """Notes that ``scope`` (``experiment/island/version``) is given ``text`` ordering the probe
+        inputs as ``behaviour``. Returns the text to give: an earlier one of the same order given to
+        another island of the experiment, which the engine evaluated (or is evaluating) once already
+        and gives this island at no cost; else ``text``."""
+        known = _remembered(self._experiments, scope.rsplit("/", 2)[0], MEMORY_SCOPES // 8)
+        given = _remembered(self._islands, scope, MEMORY_SCOPES)
+        text = given[behaviour] = known.setdefault(behaviour, text)
+        for memory in (given, known):
+            while len(memory) > MEMORY_PER_SCOPE:
+                memory.popitem(last=False)
+        return text
 
     def _one(self, mutator: Mutator, parents: list[ast.FunctionDef], rng: random.Random) -> ast.FunctionDef | None:
         # Parents come in ascending score order: the better one is edited more often.
@@ -707,6 +709,18 @@ def _own_nodes(function: ast.FunctionDef) -> Iterator[ast.AST]:
         yield node
         if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
             stack.extend(ast.iter_child_nodes(node))
+
+
+def _remembered(store: OrderedDict[str, OrderedDict[tuple[float, ...], str]], key: str,
+                limit: int) -> OrderedDict[tuple[float, ...], str]:
+    """``store[key]``, made empty when new; the least recently used keys beyond ``limit`` forgotten."""
+    memory = store.get(key)
+    if memory is None:
+        memory = store[key] = OrderedDict()
+        while len(store) > limit:
+            store.popitem(last=False)
+    store.move_to_end(key)
+    return memory
 
 
 def _function(header: str, statement: str) -> ast.FunctionDef:
