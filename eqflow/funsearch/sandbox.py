@@ -427,7 +427,10 @@ class Sandbox:
 
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
-            self.close()
+            try:  # noqa: SIM105 -- at interpreter exit contextlib itself may be gone
+                self.close()
+            except Exception:  # the server ends by itself at EOF on its stdin
+                pass
 
 
 def _kill_uid(uid: int) -> None:
