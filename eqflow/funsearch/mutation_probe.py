@@ -8,8 +8,9 @@ candidate runs on a fixed set of inputs made up from the function's signature al
 floats, int sequences, numpy arrays; nothing of the problem), in groups. Within a group the ints
 (sizes such as ``n``, fixed over one evaluation) and the sequences' lengths are fixed and only the
 contents vary: 0/1 entries in half the groups, 0..3 in the others. A candidate's fingerprint is,
-per group, the order of its results (ties kept, errors marked). The sampler gives a parent's or an
-earlier candidate's fingerprint, or one that orders nothing, only when it has nothing else.
+per group, the order of its results (ties kept). The sampler gives a parent's or an earlier
+candidate's fingerprint, one that orders nothing, or one of a candidate failing on some inputs of a
+size it takes others of (an evaluation runs it on many), only when it has nothing else.
 
 Candidate code runs only in a ``Sandbox`` (bubblewrap-isolated forked children, rlimits; see
 ``sandbox.py``), never in the sampler's process. The probe is a spec of its own, generated from the
@@ -148,9 +149,10 @@ def probe_spec_text(header: str, function_name: str, kinds: list[str], numpy: bo
 class Prober:
     """Fingerprints of candidate bodies for one signature, computed in a sandbox of its own.
 
-    ``fingerprint(body)``: per group a float (``CONSTANT`` when the group's results are all equal),
-    or None when the candidate could not be judged (it failed, timed out, or the signature cannot
-    be probed). ``runs`` counts sandbox runs; fingerprints are cached by body text."""
+    ``fingerprint(body)``: per group a float (``CONSTANT`` when the group's results are all equal,
+    ``FAILED`` / ``SOME_FAILED`` when the candidate failed on all / some of the group's inputs), or
+    None when it could not be judged (a syntax error, a timeout, the memory limit, a signature that
+    cannot be probed, no sandbox). ``runs`` counts sandbox runs; fingerprints are cached by body text."""
 
     def __init__(self, header: str, function_name: str, signature: Signature) -> None:
         self.header = header
