@@ -9,7 +9,9 @@ database, real sampler and evaluator pools, the sandboxed evaluator, deletion-co
    mutations). Each with the mutation sampler's two priors: ``uniform`` (the default; every term of
    a kind equally likely: it knows nothing of the problem) and ``tuned`` (term weights set by hand
    while tuning on deletion codes: problem knowledge, shown for comparison). Reported: seeds
-   reaching the targets, median evaluations to reach them.
+   reaching the targets, median evaluations to reach them, and the sampler's sandbox runs per
+   evaluation (probing candidates on inputs made up from the signature; nothing is scored there,
+   so they are not evaluations).
 2. Longer run: FunSearch for ``--long-seconds`` on s = 1, n = 9..11 and s = 2, n = 7..10; the
    largest code found per test beside VT / best known.
 3. Evaluator throughput: the same ``--throughput-tasks`` candidate bodies evaluated by a pool of
