@@ -265,9 +265,28 @@ def test_killed_me_resumes_without_losing_or_repeating_a_program(db_url: str, tm
 @pytest.fixture(autouse=True)
 def _no_pools_left(db_url: str) -> Any:
     yield
-    # A killed ME leaves its pools running: stop whatever still serves this database.
+    # A killed ME leaves its pools running: stop whatever still serves this database. A pool
+    # waits out a database outage for ever, so one left behind when the tests' cluster goes
+    # away would never exit: those the stop request has not ended are sent SIGTERM.
     with LocalTaskQueue(db_url, create_db=False) as queue:
         queue.stop_pools([SAMPLE, EVALUATE], mode="now")
+    import psutil
+
+    def ours() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if "eqflow.workers.pool" in (proc.info["cmdline"] or []) and \
+                        proc.environ().get("EQFLOW_DB_URL") == db_url:
+                    found.append(proc)
+            except psutil.Error:
+                pass
+        return found
+
+    if not wait_for(lambda: not ours(), timeout=20):
+        for proc in ours():
+            proc.terminate()
+        psutil.wait_procs(ours(), timeout=15)
 
 
 HOSTILE = {
