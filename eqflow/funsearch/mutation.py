@@ -18,7 +18,8 @@ default 3), ``term_wrap_rate`` (how often a new term comes already wrapped, defa
 ``weights`` (relative weights of the edits, overriding ``DEFAULT_WEIGHTS``), ``attempts`` (tries per
 candidate asked for before giving up on distinct ones, default 40), ``prior`` (``uniform``, the
 default: every term of a kind equally likely; ``tuned``: the hand-set term weights below, which
-favour index-weighted sums and ``n + 1`` -- knowledge of deletion codes, kept for comparison).
+favour index-weighted sums and ``n + 1`` -- knowledge of deletion codes, kept for comparison);
+``probe``, ``reverse``, ``remember`` (each default true; see below).
 
 Candidates that read none of the function's arguments (or, when it has others, only its int
 arguments: sizes such as ``n``, fixed across one evaluation) are not returned: they are constants.
