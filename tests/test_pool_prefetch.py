@@ -124,3 +124,17 @@ def test_a_timed_out_task_fails_alone_and_those_behind_it_go_back(runner):
     assert "timed out after 3s" in outcomes[1][2]
     assert time.monotonic() - started < 3 + 2  # timed from when task 2 started, not from the hand-over
     assert [t.task_id for t in runner.take_unstarted()] == [3]
+
+
+def test_stopping_reports_what_finished_and_knows_what_never_started(runner):
+    """A pool that stops kills its busy workers: an outcome still in the pipe is kept (reported,
+    never rerun), the task being run counts as started, the one behind it as never started."""
+    runner.task_s = 0.001
+    runner.slots[1].close()
+    runner.slots = runner.slots[:1]
+    runner.dispatch(tasks([sleep_for(0), sleep_for(30), sleep_for(0)]))
+    time.sleep(1.0)  # task 1 is done, its outcome unread; task 2 is running
+    finished = runner.stop()
+    assert [(t.task_id, ok) for t, ok, _ in finished] == [(1, True)]
+    assert [t.task_id for t in runner.started()] == [2]
+    assert [t.task_id for t in runner.queued()] == [3]

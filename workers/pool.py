@@ -289,6 +289,9 @@ class Pool:
         self._reporter.shutdown(wait=True)
         os.close(self._wake_r)
         os.close(self._wake_w)
+        # Busy workers are killed here; what they finished before is reported, not rerun, and
+        # a task waiting behind a running one is known not to have started.
+        self._unreported.extend(runner.stop())
         if self._unreported and not self._db_gone:  # finished here: report, never rerun
             due, self._unreported = self._unreported, []
             with contextlib.suppress(DatabaseUnavailable):
@@ -310,11 +313,15 @@ class Pool:
                                         "failed": self.failed})
 
 
+_Outcome = tuple[ClaimedTask, bool, str]  # a task, whether it succeeded, its result or error
+
+
 class _Runner(Protocol):
     @property
     def running(self) -> int: ...  # tasks handed to workers (running or queued in one)
     def dispatch(self, waiting: deque[ClaimedTask]) -> None: ...  # takes what it has room for
     def collect(self, timeout: float, wake: int | None = None) -> list[tuple[ClaimedTask, bool, str]]: ...
+    def stop(self) -> list[tuple[ClaimedTask, bool, str]]: ...  # kill busy workers: what they finished
     def take_unstarted(self) -> list[ClaimedTask]: ...  # handed back by a worker that died
     def held(self) -> list[ClaimedTask]: ...  # every task handed to workers
     def started(self) -> list[ClaimedTask]: ...  # the ones running
@@ -389,17 +396,35 @@ class _ProcessRunner:
                     outcomes.append((slot.task, False, slot.died() or "worker process lost"))
                     self._unstarted += slot.restart()
                     continue
-                for task, (ok, value, seconds) in results:
-                    self.task_s = seconds if self.task_s is None else 0.8 * self.task_s + 0.2 * seconds
-                    outcomes.append((task, ok, value))
+                outcomes += self._finished(results)
             elif (limit := self.cfg.task_timeout_s) is not None and time.monotonic() - slot.started_at > limit:
-                outcomes.append((slot.task, False, f"task timed out after {limit:g}s; worker killed"))
+                slot.kill()
+                outcomes += self._finished(slot.drain())  # any that finished as the clock ran out
+                if slot.busy:
+                    outcomes.append((slot.task, False, f"task timed out after {limit:g}s; worker killed"))
                 self._unstarted += slot.restart()
             elif (why := slot.died()) is not None:
-                outcomes.append((slot.task, False, why))
+                outcomes += self._finished(slot.drain())  # the first left is the one it was running
+                if slot.busy:
+                    outcomes.append((slot.task, False, why))
                 self._unstarted += slot.restart()
         for slot in self.slots:
             slot.replace_if_dead()
+        return outcomes
+
+    def _finished(self, results: list[tuple[ClaimedTask, tuple[bool, str, float]]]) -> list[_Outcome]:
+        for _, (_, _, seconds) in results:
+            self.task_s = seconds if self.task_s is None else 0.8 * self.task_s + 0.2 * seconds
+        return [(task, ok, value) for task, (ok, value, _) in results]
+
+    def stop(self) -> list[tuple[ClaimedTask, bool, str]]:
+        """Kill the busy workers; the outcomes they sent before that. Afterwards each slot's
+        first task is the one its worker was running, and those behind it never started."""
+        outcomes = []
+        for slot in self.slots:
+            if slot.busy:
+                slot.kill()
+                outcomes += self._finished(slot.drain())
         return outcomes
 
     def take_unstarted(self) -> list[ClaimedTask]:
@@ -458,6 +483,9 @@ class _ThreadRunner:
                     del self.futures[fut]
                     outcomes.append((task, False, f"task timed out after {limit:g}s (thread left running)"))
         return outcomes
+
+    def stop(self) -> list[tuple[ClaimedTask, bool, str]]:
+        return []
 
     def take_unstarted(self) -> list[ClaimedTask]:
         return []

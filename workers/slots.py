@@ -186,6 +186,17 @@ class Slot:
             self.queued_bytes = sum(len(t.payload) for t in list(self.tasks)[1:])
         return out
 
+    def drain(self) -> list[tuple[Any, tuple[bool, str, float]]]:
+        """The outcomes a dead (or just killed) worker sent before it went: read them all, so
+        that the first task left is the one it was running and those behind it never started
+        (a worker sends each outcome before it starts its next task)."""
+        out = []
+        with contextlib.suppress(EOFError, OSError):
+            while self.tasks and self.conn.poll():
+                out.append((self.tasks[0], self.conn.recv()))
+                self.tasks.popleft()
+        return out
+
     def died(self) -> str | None:
         """Why the process is gone, if it is."""
         if self.proc.is_alive():
