@@ -37,6 +37,8 @@ from eqflow.workers.slots import Slot, TaskSpec, load_function, run_task
 
 log = logging.getLogger("eqflow.pool")
 
+_Outcome = tuple[ClaimedTask, bool, str]  # a task, whether it succeeded, its result or error
+
 
 @dataclass
 class PoolConfig:
@@ -253,7 +255,7 @@ class Pool:
                 log.warning("leases lost; tasks left to their new holders",
                             extra={"pool": self.pool_name, "task_ids": [t.task_id for t in lost][:20]})
 
-    def _report(self, outcomes: list[tuple[ClaimedTask, bool, str]], claim: int = 0) -> list[ClaimedTask]:
+    def _report(self, outcomes: list[_Outcome], claim: int = 0) -> list[ClaimedTask]:
         """Report outcomes; with claim > 0, claim up to that many tasks in the same statement."""
         results = [(task, value) for task, ok, value in outcomes if ok]
         failures = [(task, value) for task, ok, value in outcomes if not ok]
@@ -313,15 +315,12 @@ class Pool:
                                         "failed": self.failed})
 
 
-_Outcome = tuple[ClaimedTask, bool, str]  # a task, whether it succeeded, its result or error
-
-
 class _Runner(Protocol):
     @property
     def running(self) -> int: ...  # tasks handed to workers (running or queued in one)
     def dispatch(self, waiting: deque[ClaimedTask]) -> None: ...  # takes what it has room for
-    def collect(self, timeout: float, wake: int | None = None) -> list[tuple[ClaimedTask, bool, str]]: ...
-    def stop(self) -> list[tuple[ClaimedTask, bool, str]]: ...  # kill busy workers: what they finished
+    def collect(self, timeout: float, wake: int | None = None) -> list[_Outcome]: ...
+    def stop(self) -> list[_Outcome]: ...  # kill busy workers: what they finished
     def take_unstarted(self) -> list[ClaimedTask]: ...  # handed back by a worker that died
     def held(self) -> list[ClaimedTask]: ...  # every task handed to workers
     def started(self) -> list[ClaimedTask]: ...  # the ones running
@@ -380,7 +379,7 @@ class _ProcessRunner:
         for index, tasks in given.items():
             self.slots[index].submit(self.cfg.spec, tasks)
 
-    def collect(self, timeout: float, wake: int | None = None) -> list[tuple[ClaimedTask, bool, str]]:
+    def collect(self, timeout: float, wake: int | None = None) -> list[_Outcome]:
         """Outcomes of finished tasks, waiting up to timeout for one (or for ``wake``, a file
         descriptor that becomes readable when the pool has news of its own)."""
         busy = [s for s in self.slots if s.busy]
@@ -393,23 +392,25 @@ class _ProcessRunner:
                     results = slot.take_results()
                 except (EOFError, OSError):
                     slot.proc.join(timeout=1)  # reaped, its exit status tells why
-                    outcomes.append((slot.task, False, slot.died() or "worker process lost"))
-                    self._unstarted += slot.restart()
+                    outcomes += self._lost(slot, slot.died() or "worker process lost")
                     continue
                 outcomes += self._finished(results)
             elif (limit := self.cfg.task_timeout_s) is not None and time.monotonic() - slot.started_at > limit:
                 slot.kill()
-                outcomes += self._finished(slot.drain())  # any that finished as the clock ran out
-                if slot.busy:
-                    outcomes.append((slot.task, False, f"task timed out after {limit:g}s; worker killed"))
-                self._unstarted += slot.restart()
+                outcomes += self._lost(slot, f"task timed out after {limit:g}s; worker killed")
             elif (why := slot.died()) is not None:
-                outcomes += self._finished(slot.drain())  # the first left is the one it was running
-                if slot.busy:
-                    outcomes.append((slot.task, False, why))
-                self._unstarted += slot.restart()
+                outcomes += self._lost(slot, why)
         for slot in self.slots:
             slot.replace_if_dead()
+        return outcomes
+
+    def _lost(self, slot: Slot, why: str) -> list[_Outcome]:
+        """A dead (or just killed) worker: what it finished before, then its running task as
+        failed; it is restarted and the tasks behind that one wait to be handed out again."""
+        outcomes = self._finished(slot.drain())  # the first task left is the one it was running
+        if slot.busy:
+            outcomes.append((slot.task, False, why))
+        self._unstarted += slot.restart()
         return outcomes
 
     def _finished(self, results: list[tuple[ClaimedTask, tuple[bool, str, float]]]) -> list[_Outcome]:
@@ -417,7 +418,7 @@ class _ProcessRunner:
             self.task_s = seconds if self.task_s is None else 0.8 * self.task_s + 0.2 * seconds
         return [(task, ok, value) for task, (ok, value, _) in results]
 
-    def stop(self) -> list[tuple[ClaimedTask, bool, str]]:
+    def stop(self) -> list[_Outcome]:
         """Kill the busy workers; the outcomes they sent before that. Afterwards each slot's
         first task is the one its worker was running, and those behind it never started."""
         outcomes = []
@@ -464,7 +465,7 @@ class _ThreadRunner:
             fut = self.executor.submit(run_task, self.cfg.spec, task.task_id, task.payload)
             self.futures[fut] = (task, time.monotonic())
 
-    def collect(self, timeout: float, wake: int | None = None) -> list[tuple[ClaimedTask, bool, str]]:
+    def collect(self, timeout: float, wake: int | None = None) -> list[_Outcome]:
         if wake is not None:  # a report in flight: look again soon
             timeout = min(timeout, 0.005)
         if not self.futures:
@@ -484,7 +485,7 @@ class _ThreadRunner:
                     outcomes.append((task, False, f"task timed out after {limit:g}s (thread left running)"))
         return outcomes
 
-    def stop(self) -> list[tuple[ClaimedTask, bool, str]]:
+    def stop(self) -> list[_Outcome]:
         return []
 
     def take_unstarted(self) -> list[ClaimedTask]:

@@ -177,10 +177,7 @@ class Slot:
         call when its pipe is readable. Raises EOFError/OSError when the worker is gone."""
         out = [(self.tasks[0], self.conn.recv())]  # a dead worker leaves its task in place
         self.tasks.popleft()
-        with contextlib.suppress(EOFError, OSError):  # died after these: the next collect says so
-            while self.tasks and self.conn.poll():
-                out.append((self.tasks[0], self.conn.recv()))
-                self.tasks.popleft()
+        out += self.drain()  # died after these: the next collect says so
         self.started_at = time.monotonic()
         if self.queued_bytes:
             self.queued_bytes = sum(len(t.payload) for t in list(self.tasks)[1:])
