@@ -17,7 +17,7 @@ from typing import Any
 from eqflow import validate
 from eqflow.db.connector import Connector
 from eqflow.db.resolve import resolve_url
-from eqflow.errors import EqflowError, InvalidInput, UnknownTask
+from eqflow.errors import InvalidInput, UnknownTask
 from eqflow.futures import Future, LocalCompletionWatch, as_completed, pop_completed
 from eqflow.models import ClaimedTask, ExperimentEvent, PoolInfo, StopMode, TaskInfo, TaskStatus
 from eqflow.notify import Inbox, listener_for, release_listener
@@ -25,6 +25,9 @@ from eqflow.notify import Inbox, listener_for, release_listener
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
+# Runs right after a report's commit, in the same round trip: announces the tasks it accepted
+# (see notify_done in sql/queries.sql).
+ANNOUNCE: tuple[str, dict[str, Any]] = ("notify_done", {})
 
 
 class LocalTaskQueue:
@@ -56,9 +59,6 @@ class LocalTaskQueue:
         self._known_experiments: set[str] = set()
         self._last_rescue = 0.0
         self._rescue_lock = threading.Lock()
-        self._notes: dict[int, str] = {}  # reported tasks to announce: task id -> experiment
-        self._notes_cond = threading.Condition()
-        self._notifier: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
@@ -66,11 +66,7 @@ class LocalTaskQueue:
             inbox.close()
         self._work_inboxes.clear()
         if not self._closed:
-            with self._notes_cond:
-                self._closed = True
-                self._notes_cond.notify()
-            if self._notifier is not None:  # the last announcements go out before the connections close
-                self._notifier.join(timeout=10)
+            self._closed = True
             release_listener(self.url)
         self.db.close()
 
@@ -229,9 +225,9 @@ class LocalTaskQueue:
             return set()
         ids, claims = validate.held((task for task, _ in pairs), "report")
         texts = [validate.text(result, "result", self.max_payload_bytes) for _, result in pairs]
-        rows = self.db.fetch_all("report_results", {"task_ids": ids, "claim_ids": claims, "results": texts})
+        rows = self.db.fetch_all("report_results", {"task_ids": ids, "claim_ids": claims, "results": texts},
+                                 then=ANNOUNCE)
         accepted = {r[0] for r in rows}
-        self._notify_done({tid: exp for tid, exp in rows})
         if len(accepted) < len(set(ids)):
             log.warning("reports rejected: lease no longer held",
                         extra={"task_ids": sorted(set(ids) - accepted)[:20]})
@@ -260,13 +256,11 @@ class LocalTaskQueue:
                                   "lease_s": lease}
         if len(types) == 1:
             params["task_type"] = types[0]
-            rows = self.db.fetch_all("report_and_claim_one_type", params)
+            rows = self.db.fetch_all("report_and_claim_one_type", params, then=ANNOUNCE)
         else:
             params["task_types"] = list(types)
-            rows = self.db.fetch_all("report_and_claim_many_types", params)
-        done = {r[1]: r[2] for r in rows if not r[0]}
-        accepted = set(done)
-        self._notify_done(done)
+            rows = self.db.fetch_all("report_and_claim_many_types", params, then=ANNOUNCE)
+        accepted = {r[1] for r in rows if not r[0]}
         tasks = [ClaimedTask(tid, exp, typ, prio, payload, tag, attempt, claim_id, pool)
                  for claimed, tid, exp, typ, prio, payload, tag, attempt, claim_id in rows if claimed]
         tasks.sort(key=lambda t: (-t.priority, t.task_id))
@@ -274,33 +268,6 @@ class LocalTaskQueue:
             log.warning("reports rejected: lease no longer held",
                         extra={"task_ids": sorted(set(ids) - accepted)[:20]})
         return accepted, tasks
-
-    def _notify_done(self, done: dict[int, str]) -> None:
-        """Announce reported tasks after their commit (see notify_done in sql/queries.sql), from
-        a thread of the queue's own: the reporting worker does not wait for it, and reports that
-        pile up meanwhile share one notification. done: task id -> experiment, as the database has it."""
-        if not done:
-            return
-        with self._notes_cond:
-            self._notes.update(done)
-            if self._notifier is None:
-                self._notifier = threading.Thread(target=self._send_notes, name="eqflow-notify-done", daemon=True)
-                self._notifier.start()
-            self._notes_cond.notify()
-
-    def _send_notes(self) -> None:
-        while True:
-            with self._notes_cond:
-                while not self._notes and not self._closed:
-                    self._notes_cond.wait()
-                if not self._notes:
-                    return
-                done, self._notes = sorted(self._notes.items()), {}
-            try:
-                self.db.execute("notify_done", {"exp_ids": [exp for _, exp in done],
-                                                "task_ids": [tid for tid, _ in done]})
-            except EqflowError as exc:  # the results are in; a waiter finds them at its next safety poll
-                log.warning("completion notification not sent", extra={"error": str(exc), "count": len(done)})
 
     def report_failure(self, failures: Iterable[tuple[ClaimedTask, str]], retry: bool = True) -> dict[int, TaskStatus]:
         """Report failed runs. With retry, a task goes back to the queue until its
@@ -485,3 +452,4 @@ def _changed_or_raise(rows: list[tuple[Any, ...]]) -> list[int]:
     if missing:
         raise UnknownTask(missing)
     return sorted(tid for _, tid in rows)
+

@@ -55,31 +55,40 @@ WHERE t.task_id = ANY(ARRAY(
 RETURNING t.task_id, t.exp_id, t.task_type, t.priority, t.payload, t.tag, t.attempts, t.claim_id;
 
 -- name: report_results
--- A NULL claim id (EQ-SQL compatibility) accepts any running holder. The caller sends the
--- completions' notification itself once this has committed (notify_done; see migration 0010).
-WITH quiet AS MATERIALIZED (SELECT set_config('eqflow.notify_done', 'deferred', true))
-UPDATE tasks t
-SET status = 'complete', result = r.result, error = NULL, finished_at = now(),
-    lease_expires_at = NULL
-FROM unnest(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(results)s::text[])
-     AS r(task_id, claim_id, result), quiet
-WHERE t.task_id = r.task_id AND t.status = 'running'
-  AND (r.claim_id IS NULL OR t.claim_id = r.claim_id)
-RETURNING t.task_id, t.exp_id;
+-- A NULL claim id (EQ-SQL compatibility) accepts any running holder. The accepted tasks are
+-- announced by notify_done, which the caller runs right after this has committed (migration 0010).
+WITH quiet AS MATERIALIZED (SELECT set_config('eqflow.notify_done', 'deferred', true)),
+reported AS (
+    UPDATE tasks t
+    SET status = 'complete', result = r.result, error = NULL, finished_at = now(),
+        lease_expires_at = NULL
+    FROM unnest(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(results)s::text[])
+         AS r(task_id, claim_id, result), quiet
+    WHERE t.task_id = r.task_id AND t.status = 'running'
+      AND (r.claim_id IS NULL OR t.claim_id = r.claim_id)
+    RETURNING t.task_id, t.exp_id),
+told AS MATERIALIZED (
+    -- the completion messages for notify_done, kept in the session until it sends them
+    SELECT set_config('eqflow.done', coalesce(array_agg(c.msg)::text, '{}'), false)
+    FROM (SELECT f.exp_id || '|' || string_agg(f.task_id::text, ',' ORDER BY f.task_id) AS msg
+          FROM (SELECT exp_id, task_id,
+                       (row_number() OVER (PARTITION BY exp_id ORDER BY task_id) - 1) / 400 AS part
+                FROM reported) f
+          GROUP BY f.exp_id, f.part) c)
+SELECT task_id, exp_id FROM reported, told;
 
 -- name: notify_done
--- The eqflow_done notification of tasks just reported (report_results, report_and_claim_*), sent
--- after their commit in a transaction of its own that does not wait for its WAL flush. A
--- notifying transaction holds PostgreSQL's global notify lock through its commit, so notifying
--- inside the durable report would serialize every worker's commit (no group commit). A wake-up
--- lost to a crash costs a waiter one safety poll. Chunks as eqflow_announce (0001) does.
-SELECT set_config('synchronous_commit', 'off', true),
-       (SELECT count(pg_notify('eqflow_done', c.exp_id || '|' || c.ids))
-        FROM (SELECT f.exp_id, string_agg(f.task_id::text, ',') AS ids
-              FROM (SELECT u.exp_id, u.task_id,
-                           (row_number() OVER (PARTITION BY u.exp_id ORDER BY u.task_id) - 1) / 400 AS part
-                    FROM unnest(%(exp_ids)s::text[], %(task_ids)s::bigint[]) AS u(exp_id, task_id)) f
-              GROUP BY f.exp_id, f.part) c);
+-- The eqflow_done notifications of the tasks the last report on this connection accepted
+-- (report_results, report_and_claim_*: their messages wait in the session setting eqflow.done),
+-- sent right after that report's commit, in the same round trip (a pipeline), in a transaction
+-- of its own that does not wait for its WAL flush. A notifying transaction holds PostgreSQL's
+-- global notify lock through its commit, so notifying inside the durable report would serialize
+-- every worker's commit (no group commit). A wake-up lost to a crash costs a waiter one safety
+-- poll. Messages are chunked as eqflow_announce (0001) does: 400 tasks of one experiment each.
+WITH msgs AS MATERIALIZED (
+    SELECT unnest(coalesce(nullif(current_setting('eqflow.done', true), ''), '{}')::text[]) AS msg),
+sent AS MATERIALIZED (SELECT count(pg_notify('eqflow_done', msg)) AS n FROM msgs)
+SELECT set_config('synchronous_commit', 'off', true), n, set_config('eqflow.done', '{}', false) FROM sent;
 
 -- name: report_and_claim_one_type
 -- report_results and claim_one_type in one statement, one commit: a pool at steady state
@@ -108,9 +117,17 @@ claimed AS (
         ORDER BY priority DESC, task_id
         LIMIT %(n)s
         FOR UPDATE SKIP LOCKED))
-    RETURNING t.task_id, t.exp_id, t.task_type, t.priority, t.payload, t.tag, t.attempts, t.claim_id)
+    RETURNING t.task_id, t.exp_id, t.task_type, t.priority, t.payload, t.tag, t.attempts, t.claim_id),
+told AS MATERIALIZED (
+    -- the completion messages for notify_done, kept in the session until it sends them
+    SELECT set_config('eqflow.done', coalesce(array_agg(c.msg)::text, '{}'), false)
+    FROM (SELECT f.exp_id || '|' || string_agg(f.task_id::text, ',' ORDER BY f.task_id) AS msg
+          FROM (SELECT exp_id, task_id,
+                       (row_number() OVER (PARTITION BY exp_id ORDER BY task_id) - 1) / 400 AS part
+                FROM reported) f
+          GROUP BY f.exp_id, f.part) c)
 SELECT false, task_id, exp_id, NULL::integer, NULL::integer, NULL::text, NULL::text, NULL::integer,
-       NULL::bigint FROM reported
+       NULL::bigint FROM reported, told
 UNION ALL
 SELECT true, * FROM claimed;
 
@@ -137,9 +154,17 @@ claimed AS (
         ORDER BY priority DESC, task_id
         LIMIT %(n)s
         FOR UPDATE SKIP LOCKED))
-    RETURNING t.task_id, t.exp_id, t.task_type, t.priority, t.payload, t.tag, t.attempts, t.claim_id)
+    RETURNING t.task_id, t.exp_id, t.task_type, t.priority, t.payload, t.tag, t.attempts, t.claim_id),
+told AS MATERIALIZED (
+    -- the completion messages for notify_done, kept in the session until it sends them
+    SELECT set_config('eqflow.done', coalesce(array_agg(c.msg)::text, '{}'), false)
+    FROM (SELECT f.exp_id || '|' || string_agg(f.task_id::text, ',' ORDER BY f.task_id) AS msg
+          FROM (SELECT exp_id, task_id,
+                       (row_number() OVER (PARTITION BY exp_id ORDER BY task_id) - 1) / 400 AS part
+                FROM reported) f
+          GROUP BY f.exp_id, f.part) c)
 SELECT false, task_id, exp_id, NULL::integer, NULL::integer, NULL::text, NULL::text, NULL::integer,
-       NULL::bigint FROM reported
+       NULL::bigint FROM reported, told
 UNION ALL
 SELECT true, * FROM claimed;
 

@@ -289,9 +289,14 @@ class Connector:
             self._pool.putconn(conn)
 
     def fetch_all(self, name: str, params: Params, *, idempotent: bool = True,
-                  binary: bool = False) -> list[tuple[Any, ...]]:
-        """binary: send parameters in binary format (cheaper for large arrays)."""
-        return self._run(name, params, idempotent, lambda cur: cur.fetchall(), binary)
+                  binary: bool = False, then: tuple[str, Params] | None = None) -> list[tuple[Any, ...]]:
+        """binary: send parameters in binary format (cheaper for large arrays).
+
+        then: a statement to run right after this one has committed, in a transaction of its
+        own, sent in the same round trip (a pipeline): for an announcement of what this one
+        did. Its failure is logged, never raised: this statement's outcome stands.
+        """
+        return self._run(name, params, idempotent, lambda cur: cur.fetchall(), binary, then)
 
     def fetch_one(self, name: str, params: Params, *, idempotent: bool = True) -> tuple[Any, ...] | None:
         return self._run(name, params, idempotent, lambda cur: cur.fetchone())
@@ -304,7 +309,8 @@ class Connector:
         with self.connection() as conn, _translated(), conn.transaction():
             conn.execute(sql)  # trusted text from sql/, no parameters
 
-    def _run(self, name: str, params: Params, idempotent: bool, read: Any, binary: bool = False) -> Any:
+    def _run(self, name: str, params: Params, idempotent: bool, read: Any, binary: bool = False,
+             then: tuple[str, Params] | None = None) -> Any:
         sql = query(name)
         deadline = self._deadline()
         delay = 0.05
@@ -320,6 +326,8 @@ class Connector:
                             ConnectionPool.check_connection(conn)
                     with _translated(), conn.cursor(binary=binary) as cur:
                         sent = True
+                        if then is not None:
+                            return _pipelined(conn, cur, sql, params, read, then)
                         cur.execute(sql, params, prepare=True)
                         return read(cur)
                 except _ConnectionLost as lost:
@@ -337,6 +345,29 @@ class Connector:
 
 class _ConnectionLost(Exception):
     pass
+
+
+def _pipelined(conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any], sql: str, params: Params, read: Any,
+               then: tuple[str, Params]) -> Any:
+    """Run ``sql``, then ``then`` in one round trip. The Sync between them ends the first
+    statement's implicit transaction, so the second runs after its commit; the caller has the
+    first's rows as soon as they come, and the second's answer is collected before the
+    connection goes back to the pool."""
+    outcome: list[Any] = []
+    try:
+        with conn.pipeline() as pipe:
+            cur.execute(sql, params, prepare=True)
+            pipe.sync()
+            with conn.cursor() as after:
+                after.execute(query(then[0]), then[1], prepare=True)
+                outcome.append(read(cur))
+    except psycopg.Error as exc:
+        if not outcome:
+            raise
+        # The statement's rows are in hand: its outcome stands (a broken connection is dropped
+        # by the pool when it comes back).
+        log.warning("follow-up statement failed", extra={"query": then[0], "error": str(exc)})
+    return outcome[0]
 
 
 def _has_input(conn: psycopg.Connection[Any]) -> bool:
