@@ -254,12 +254,8 @@ class LocalTaskQueue:
         texts = [validate.text(result, "result", self.max_payload_bytes) for _, result in pairs]
         params: dict[str, Any] = {"task_ids": ids, "claim_ids": claims, "results": texts, "n": n, "pool": pool,
                                   "lease_s": lease}
-        if len(types) == 1:
-            params["task_type"] = types[0]
-            rows = self.db.fetch_all("report_and_claim_one_type", params, then=ANNOUNCE)
-        else:
-            params["task_types"] = list(types)
-            rows = self.db.fetch_all("report_and_claim_many_types", params, then=ANNOUNCE)
+        params["task_types"] = list(types)
+        rows = self.db.fetch_all("report_and_claim", params, then=ANNOUNCE)
         accepted = {r[1] for r in rows if not r[0]}
         tasks = [ClaimedTask(tid, exp, typ, prio, payload, tag, attempt, claim_id, pool)
                  for claimed, tid, exp, typ, prio, payload, tag, attempt, claim_id in rows if claimed]

@@ -67,19 +67,12 @@ reported AS (
     WHERE t.task_id = r.task_id AND t.status = 'running'
       AND (r.claim_id IS NULL OR t.claim_id = r.claim_id)
     RETURNING t.task_id, t.exp_id),
-told AS MATERIALIZED (
-    -- the completion messages for notify_done, kept in the session until it sends them
-    SELECT set_config('eqflow.done', coalesce(array_agg(c.msg)::text, '{}'), false)
-    FROM (SELECT f.exp_id || '|' || string_agg(f.task_id::text, ',' ORDER BY f.task_id) AS msg
-          FROM (SELECT exp_id, task_id,
-                       (row_number() OVER (PARTITION BY exp_id ORDER BY task_id) - 1) / 400 AS part
-                FROM reported) f
-          GROUP BY f.exp_id, f.part) c)
+told AS MATERIALIZED (SELECT eqflow_keep_done(array_agg(task_id), array_agg(exp_id)) FROM reported)
 SELECT task_id, exp_id FROM reported, told;
 
 -- name: notify_done
 -- The eqflow_done notifications of the tasks the last report on this connection accepted
--- (report_results, report_and_claim_*: their messages wait in the session setting eqflow.done),
+-- (report_results, report_and_claim: their messages wait in the session setting eqflow.done),
 -- sent right after that report's commit, in the same round trip (a pipeline), in a transaction
 -- of its own that does not wait for its WAL flush. A notifying transaction holds PostgreSQL's
 -- global notify lock through its commit, so notifying inside the durable report would serialize
@@ -90,83 +83,14 @@ WITH msgs AS MATERIALIZED (
 sent AS MATERIALIZED (SELECT count(pg_notify('eqflow_done', msg)) AS n FROM msgs)
 SELECT set_config('synchronous_commit', 'off', true), n, set_config('eqflow.done', '{}', false) FROM sent;
 
--- name: report_and_claim_one_type
--- report_results and claim_one_type in one statement, one commit: a pool at steady state
--- spends one transaction per task (batch) instead of two. The reported rows are 'running' and
--- the claimed ones 'queued', so the two updates never touch the same row. The first column
--- tells the accepted reports (false: task_id, exp_id) from the claimed tasks (true). As
--- report_results, the caller sends notify_done after the commit.
-WITH quiet AS MATERIALIZED (SELECT set_config('eqflow.notify_done', 'deferred', true)),
-reported AS (
-    UPDATE tasks t
-    SET status = 'complete', result = r.result, error = NULL, finished_at = now(),
-        lease_expires_at = NULL
-    FROM unnest(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(results)s::text[])
-         AS r(task_id, claim_id, result), quiet
-    WHERE t.task_id = r.task_id AND t.status = 'running'
-      AND (r.claim_id IS NULL OR t.claim_id = r.claim_id)
-    RETURNING t.task_id, t.exp_id),
-claimed AS (
-    UPDATE tasks t
-    SET status = 'running', pool = %(pool)s, attempts = t.attempts + 1,
-        claim_id = nextval('eqflow_claim_seq'),
-        lease_expires_at = now() + make_interval(secs => %(lease_s)s), started_at = now()
-    WHERE t.task_id = ANY(ARRAY(
-        SELECT task_id FROM tasks
-        WHERE status = 'queued' AND task_type = %(task_type)s
-        ORDER BY priority DESC, task_id
-        LIMIT %(n)s
-        FOR UPDATE SKIP LOCKED))
-    RETURNING t.task_id, t.exp_id, t.task_type, t.priority, t.payload, t.tag, t.attempts, t.claim_id),
-told AS MATERIALIZED (
-    -- the completion messages for notify_done, kept in the session until it sends them
-    SELECT set_config('eqflow.done', coalesce(array_agg(c.msg)::text, '{}'), false)
-    FROM (SELECT f.exp_id || '|' || string_agg(f.task_id::text, ',' ORDER BY f.task_id) AS msg
-          FROM (SELECT exp_id, task_id,
-                       (row_number() OVER (PARTITION BY exp_id ORDER BY task_id) - 1) / 400 AS part
-                FROM reported) f
-          GROUP BY f.exp_id, f.part) c)
-SELECT false, task_id, exp_id, NULL::integer, NULL::integer, NULL::text, NULL::text, NULL::integer,
-       NULL::bigint FROM reported, told
-UNION ALL
-SELECT true, * FROM claimed;
-
--- name: report_and_claim_many_types
--- report_and_claim_one_type for several task types.
-WITH quiet AS MATERIALIZED (SELECT set_config('eqflow.notify_done', 'deferred', true)),
-reported AS (
-    UPDATE tasks t
-    SET status = 'complete', result = r.result, error = NULL, finished_at = now(),
-        lease_expires_at = NULL
-    FROM unnest(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(results)s::text[])
-         AS r(task_id, claim_id, result), quiet
-    WHERE t.task_id = r.task_id AND t.status = 'running'
-      AND (r.claim_id IS NULL OR t.claim_id = r.claim_id)
-    RETURNING t.task_id, t.exp_id),
-claimed AS (
-    UPDATE tasks t
-    SET status = 'running', pool = %(pool)s, attempts = t.attempts + 1,
-        claim_id = nextval('eqflow_claim_seq'),
-        lease_expires_at = now() + make_interval(secs => %(lease_s)s), started_at = now()
-    WHERE t.task_id = ANY(ARRAY(
-        SELECT task_id FROM tasks
-        WHERE status = 'queued' AND task_type = ANY(%(task_types)s::integer[])
-        ORDER BY priority DESC, task_id
-        LIMIT %(n)s
-        FOR UPDATE SKIP LOCKED))
-    RETURNING t.task_id, t.exp_id, t.task_type, t.priority, t.payload, t.tag, t.attempts, t.claim_id),
-told AS MATERIALIZED (
-    -- the completion messages for notify_done, kept in the session until it sends them
-    SELECT set_config('eqflow.done', coalesce(array_agg(c.msg)::text, '{}'), false)
-    FROM (SELECT f.exp_id || '|' || string_agg(f.task_id::text, ',' ORDER BY f.task_id) AS msg
-          FROM (SELECT exp_id, task_id,
-                       (row_number() OVER (PARTITION BY exp_id ORDER BY task_id) - 1) / 400 AS part
-                FROM reported) f
-          GROUP BY f.exp_id, f.part) c)
-SELECT false, task_id, exp_id, NULL::integer, NULL::integer, NULL::text, NULL::text, NULL::integer,
-       NULL::bigint FROM reported, told
-UNION ALL
-SELECT true, * FROM claimed;
+-- name: report_and_claim
+-- report_results and claim_one_type/claim_many_types in one statement, one commit: a pool at
+-- steady state spends one transaction per task (batch) instead of two (migration 0012). The
+-- reported rows are 'running' and the claimed ones 'queued', so the two updates never touch the
+-- same row. The first column tells the accepted reports (false: task_id, exp_id) from the claimed
+-- tasks (true). As report_results, the caller sends notify_done after the commit.
+SELECT * FROM eqflow_report_and_claim(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(results)s::text[],
+                                      %(task_types)s::integer[], %(n)s, %(pool)s, %(lease_s)s);
 
 -- name: report_failures
 -- Retryable failures go back to the queue until max_attempts runs have failed (or were lost);
