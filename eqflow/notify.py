@@ -6,6 +6,11 @@ Channels (see sql/migrations/0001_init.sql):
                                                     an exp_id may hold "|", task ids never do)
   eqflow_pool    payload "<pool_id>"               a pool was told to stop
 
+A process listens only on the channels it has inboxes for: a worker waiting for work is not
+woken for every task that finishes elsewhere (its thread would parse and drop each one). A
+channel is listened on from its first inbox on (within the listener's 0.25 s turn) for as long
+as the connection lives.
+
 After a (re)connect every inbox is told to resync, since notifications sent while the
 listener was away are lost; waiters then do one full check.
 """
@@ -91,9 +96,12 @@ class Listener:
         self._inboxes: dict[tuple[str, str], set[Inbox]] = defaultdict(set)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._connected = threading.Event()
+        # channel -> set once LISTEN on it has taken effect on the current connection
+        self._ready: dict[str, threading.Event] = {}
 
     def subscribe(self, channel: str, keys: list[str] | set[str] | frozenset[str]) -> Inbox:
+        if channel not in CHANNELS:
+            raise ValueError(f"unknown channel {channel!r}")
         inbox = Inbox(self, frozenset((channel, str(k)) for k in keys))
         while True:
             with self._lock:
@@ -101,11 +109,12 @@ class Listener:
                 if stopping is None or not stopping.is_alive():
                     for key in inbox.keys:
                         self._inboxes[key].add(inbox)
+                    ready = self._ready.setdefault(channel, threading.Event())
                     self._ensure_thread()
                     break
             stopping.join()  # outside the lock: the thread takes it to route notifications
         # A waiter must not miss what is sent between its first check and the LISTEN taking effect.
-        self._connected.wait(timeout=10.0)
+        ready.wait(timeout=10.0)
         return inbox
 
     def unsubscribe(self, inbox: Inbox) -> None:
@@ -124,7 +133,8 @@ class Listener:
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
-            self._connected.clear()
+            for ready in self._ready.values():
+                ready.clear()
             self._thread = threading.Thread(target=self._run, name="eqflow-listener", daemon=True)
             self._thread.start()
 
@@ -144,16 +154,17 @@ class Listener:
                     if probing:
                         probing = False
                         outage.probed(None)
-                    for channel in CHANNELS:
-                        conn.execute(f"LISTEN {channel}")  # constant channel names
+                    listening: set[str] = set()
+                    self._listen_to_new(conn, listening)
                     connected = True
-                    self._connected.set()
                     self._broadcast_resync()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.25):
                             self._route(note.channel, note.payload)
+                        self._listen_to_new(conn, listening)
             except psycopg.Error as exc:
-                self._connected.clear()
+                for ready in list(self._ready.values()):
+                    ready.clear()
                 if probing:
                     probing = False
                     outage.probed(str(exc))
@@ -168,6 +179,15 @@ class Listener:
             finally:
                 if probing:
                     outage.probed("listener stopped")
+
+    def _listen_to_new(self, conn: psycopg.Connection[object], listening: set[str]) -> None:
+        """LISTEN on the channels that got their first inbox since the last turn."""
+        with self._lock:
+            wanted = [(channel, ready) for channel, ready in self._ready.items() if channel not in listening]
+        for channel, ready in wanted:
+            conn.execute(f"LISTEN {channel}")  # one of the constant names above
+            listening.add(channel)
+            ready.set()
 
     def _route(self, channel: str, payload: str) -> None:
         key = done_key(payload) if channel == "eqflow_done" else payload
