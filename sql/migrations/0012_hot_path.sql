@@ -7,7 +7,10 @@
 -- planning the two-update statement took about a third of its server time (pg_stat_statements:
 -- 320 of 960 us per batch-1 call). In a PL/pgSQL function its statements are prepared once per
 -- connection, and plan_cache_mode keeps their generic plans: index scans whatever the sizes,
--- which are the plans every size gets anyway.
+-- which are the plans every size gets anyway. A generic plan does not know how many tasks a
+-- call reports, so the report also names them by primary key (t.task_id = ANY(...)): looking
+-- them up is then never costed above reading every running task through the lease index
+-- (O(running) per report, which a generic plan built while few tasks ran would otherwise keep).
 
 -- What a report accepted, kept in the session setting eqflow.done for notify_done (sql/queries.sql)
 -- to announce right after the commit: one message per 400 tasks of one experiment, as
@@ -44,7 +47,7 @@ BEGIN
             SET status = 'complete', result = r.result, error = NULL, finished_at = now(),
                 lease_expires_at = NULL
             FROM unnest(p_task_ids, p_claim_ids, p_results) AS r(task_id, claim_id, result)
-            WHERE t.task_id = r.task_id AND t.status = 'running'
+            WHERE t.task_id = r.task_id AND t.task_id = ANY(p_task_ids) AND t.status = 'running'
               AND (r.claim_id IS NULL OR t.claim_id = r.claim_id)
             RETURNING t.task_id, t.exp_id),
         claimed AS (
@@ -73,7 +76,7 @@ BEGIN
             SET status = 'complete', result = r.result, error = NULL, finished_at = now(),
                 lease_expires_at = NULL
             FROM unnest(p_task_ids, p_claim_ids, p_results) AS r(task_id, claim_id, result)
-            WHERE t.task_id = r.task_id AND t.status = 'running'
+            WHERE t.task_id = r.task_id AND t.task_id = ANY(p_task_ids) AND t.status = 'running'
               AND (r.claim_id IS NULL OR t.claim_id = r.claim_id)
             RETURNING t.task_id, t.exp_id),
         claimed AS (
