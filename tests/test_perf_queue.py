@@ -251,3 +251,55 @@ def test_churn_benchmark_compares_the_settings_and_leaves_the_server_as_it_was(d
     bench = psycopg.conninfo.make_conninfo(db_url, dbname="eqflow_bench")
     [(options,)] = sql(bench, "SELECT reloptions FROM pg_class WHERE relname = 'tasks'")
     assert "autovacuum_vacuum_scale_factor=0.02" in options
+
+
+def test_a_large_report_is_announced_in_chunks_per_experiment(queue, db_url):
+    """notify_done after a report: one message per 400 tasks of one experiment, every accepted
+    task named once, in id order (the messages wait in the session between the two statements)."""
+    a = queue.submit_many("exp-a", 1, ["x"] * 450)
+    b = queue.submit_many("exp-b", 1, ["y"] * 3)
+    held = queue.claim(1, n=453, pool="p")
+    got = _notifications(db_url, lambda: queue.report([(t, "ok") for t in held]), channels=("eqflow_done",))
+    by_exp: dict[str, list[list[int]]] = {}
+    for _, payload in got:
+        exp, _, ids = payload.rpartition("|")
+        by_exp.setdefault(exp, []).append([int(i) for i in ids.split(",")])
+    assert sorted(len(chunk) for chunk in by_exp["exp-a"]) == [50, 400]
+    assert sorted(i for chunk in by_exp["exp-a"] for i in chunk) == [f.task_id for f in a]
+    assert by_exp["exp-b"] == [[f.task_id for f in b]]
+    # the session's messages were sent and cleared: a report that accepts nothing sends none
+    assert _notifications(db_url, lambda: queue.report([(held[0], "again")])) == []
+
+
+def _next_payloads(inbox, timeout: float = 5.0) -> list[str]:  # type: ignore[no-untyped-def]
+    """The next notifications an inbox gets (a resync after the listener connects is skipped)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        payloads, _, woken = inbox.wait(deadline - time.monotonic())
+        inbox.clear()
+        if payloads:
+            return list(payloads)
+    return []
+
+
+def test_the_listener_hears_only_channels_it_has_inboxes_for(db_url):
+    """A process waiting for work is not woken for every task finished elsewhere; a channel
+    subscribed to later is listened on before subscribe() returns."""
+    from eqflow.notify import Listener
+
+    listener = Listener(db_url)
+    heard: list[str] = []
+    route = listener._route
+    listener._route = lambda channel, payload: (heard.append(channel), route(channel, payload))  # type: ignore[method-assign]
+    try:
+        work = listener.subscribe("eqflow_queued", {"7"})
+        sql(db_url, "SELECT pg_notify('eqflow_done', 'exp|1'), pg_notify('eqflow_queued', '7')")
+        assert _next_payloads(work) == ["7"]
+        assert heard == ["eqflow_queued"]  # the eqflow_done sent first never reached this process
+        done = listener.subscribe("eqflow_done", {"exp"})
+        sql(db_url, "SELECT pg_notify('eqflow_done', 'exp|2')")
+        assert _next_payloads(done) == ["exp|2"]
+    finally:
+        listener.close()

@@ -11,6 +11,8 @@ from eqflow.bench.queue_bench import bench_database, bench_end_to_end
 from eqflow.queue import LocalTaskQueue
 from eqflow.workers.launchers import JobState, LocalLauncher, PoolSpec, wait
 
+RAW_BATCH = 100  # the raw loop's batch (eqflow bench queue)
+
 
 def _one(queue: LocalTaskQueue, task_type: int, workers: int, seconds: float, n: int, batch: int,
          prefetch: bool = True) -> float:
@@ -53,11 +55,18 @@ def run(url: str | None = None, progress: Any = None) -> dict[str, Any]:
             rows.append({"task": label, "workers": workers, "batch": batch, "prefetch": prefetch, "tasks": n,
                          "tasks_per_s": round(rate), "ideal_tasks_per_s": ideal,
                          "efficiency": round(rate / ideal, 2) if ideal else None})
-        # The raw claim/report loop of `eqflow bench queue` (4 processes, batch 100), same run.
-        say("raw claim/report loop x 4 processes, batch 100")
-        raw = bench_end_to_end(queue, 5000, 4, 100, task_type=task_type + 1)
+        # The pool with the raw loop's own batch (100 in hand, 25 per worker), then the raw
+        # claim/report loop of `eqflow bench queue` (4 processes, batch 100), same run.
+        task_type += 1
+        say(f"noop x 4 workers, batch {RAW_BATCH} (the raw loop's), prefetch on")
+        matched = _one(queue, task_type, 4, 0.0, 5000, RAW_BATCH, True)
+        rows.append({"task": "noop", "workers": 4, "batch": RAW_BATCH, "prefetch": True, "tasks": 5000,
+                     "tasks_per_s": round(matched), "ideal_tasks_per_s": None, "efficiency": None})
+        say(f"raw claim/report loop x 4 processes, batch {RAW_BATCH}")
+        raw = bench_end_to_end(queue, 5000, 4, RAW_BATCH, task_type=task_type + 1)
     finally:
         queue.close()
     pool4 = float(next(r["tasks_per_s"] or 0 for r in rows
                        if r["task"] == "noop" and r["workers"] == 4 and r["prefetch"]))
-    return {"pool": rows, "raw_loop_tasks_per_s": round(raw), "noop_4_workers_over_raw": round(pool4 / raw, 2)}
+    return {"pool": rows, "raw_loop_tasks_per_s": round(raw), "noop_4_workers_over_raw": round(pool4 / raw, 2),
+            "noop_4_workers_same_batch_over_raw": round(matched / raw, 2)}
