@@ -180,3 +180,55 @@ def test_an_order_given_to_another_island_comes_back_as_the_same_text(probes: Pr
     assert shared > 0
     other = [body for seed in range(100, 110) for body in given("other/1/0", seed)]
     assert other != [body for seed in range(100, 110) for body in given("exp/2/0", seed)]
+
+
+def test_candidates_order_most_probe_groups_unlike_any_known_program(probes: Prober) -> None:
+    """A candidate ordering most probe groups as a parent or an earlier candidate does (per group)
+    is given only when too few others are found; ``novelty: 0`` turns the rule off."""
+
+    def new_groups(sampler: MutationSampler, scope: str) -> list[int]:
+        parents = ("    return 0.0\n", "    return sum(el) - 2 * el[0] + s * 0.125\n")  # probed by no other test
+        known = [probes.fingerprint(body) for body in parents]
+        counts = []
+        for seed in range(6):
+            req = SampleRequest(prompt="", parents=tuple(function_source(DELETION, b) for b in parents),
+                                function_name="priority", header=DELETION, samples=4, seed=seed, scope=scope)
+            for body in sampler.sample(req).bodies[1:]:  # the first reverses the better parent
+                found = probes.fingerprint(body)
+                assert found is not None
+                counts.append(sum(all(g is None or g[i] != value for g in known) for i, value in enumerate(found)))
+                known.append(found)
+        return counts
+
+    assert min(new_groups(MutationSampler(restart=False), "exp/0/0")) >= 3  # of 4 groups
+    assert min(new_groups(MutationSampler(novelty=0.0, restart=False), "exp/0/0")) < 3
+    with pytest.raises(ValueError):
+        MutationSampler(novelty=1.5)
+
+
+def test_an_island_asked_for_the_same_better_parent_restarts_more_often() -> None:
+    """Requests for one scope in a row whose better parent is not new count as stuck (more
+    candidates made by a new top-level expression); a new better parent, or another scope, starts
+    the count again."""
+    sampler = MutationSampler()
+
+    def stale(scope: str, *bodies: str) -> int:
+        parents = tuple(function_source(DELETION, b) for b in bodies)
+        return sampler._stale(SampleRequest(prompt="", parents=parents, function_name="priority", header=DELETION,
+                                            scope=scope))
+
+    assert [stale("exp/0/0", "    return 0.0\n", "    return sum(el)\n") for _ in range(3)] == [0, 1, 2]
+    assert stale("exp/1/0", "    return 0.0\n", "    return sum(el)\n") == 0
+    assert stale("exp/0/0", "    return sum(el)\n", "    return -sum(el)\n") == 0
+    assert stale("exp/0/0", "    return 0.0\n", "    return sum(el)\n") == 1  # seen before: not new
+    assert stale("", "    return 0.0\n", "    return sum(el)\n") == 0  # no scope, no memory
+    parents = ("    return 0.0\n", "    return sum(el) % (n + 3)\n")
+    stuck, plain = MutationSampler(), MutationSampler(restart=False)
+    answers = []
+    for sampler_ in (stuck, plain):
+        for seed in range(12):
+            req = SampleRequest(prompt="", parents=tuple(function_source(DELETION, b) for b in parents),
+                                function_name="priority", header=DELETION, samples=4, seed=seed, scope="exp/2/0")
+            last = sampler_.sample(req).bodies
+        answers.append(last)
+    assert answers[0] != answers[1]

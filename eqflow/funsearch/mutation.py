@@ -19,7 +19,8 @@ default 3), ``term_wrap_rate`` (how often a new term comes already wrapped, defa
 candidate asked for before giving up on distinct ones, default 40), ``prior`` (``uniform``, the
 default: every term of a kind equally likely; ``tuned``: the hand-set term weights below, which
 favour index-weighted sums and ``n + 1`` -- knowledge of deletion codes, kept for comparison);
-``probe``, ``reverse``, ``remember`` (each default true; see below).
+``probe``, ``reverse``, ``remember``, ``restart`` (each default true) and ``novelty`` (default 0.75;
+see below).
 
 Candidates that read none of the function's arguments (or, when it has others, only its int
 arguments: sizes such as ``n``, fixed across one evaluation) are not returned: they are constants.
@@ -31,6 +32,16 @@ fingerprint is the order it gives those inputs. A candidate ordering them like a
 earlier candidate (``2 * sum(el) + 1`` beside ``sum(el)``), or not at all (``len(el) + n``), is
 given only when too few others are found. No problem is scored there: a probe is not an
 evaluation; ``SampleResult.sandbox_runs`` counts them.
+
+Novelty (``novelty``, default 0.75): the probe inputs come in groups, and a candidate is given
+first only when, in at least this share of the groups, it orders them unlike the parents and
+every candidate given before (per group, not only as a whole); the others are given, the most
+novel first, only when too few are found. One ordering most groups like a known program differs
+from it only on some inputs, which a problem may never use (0 turns this off).
+
+Restarts (``restart``, default true): with a scope, an island asked for again and again with the
+same better parent is stuck; each such request in a row makes a new top-level expression (the
+``fresh`` edit) more likely, up to 4 times its weight; a new better parent starts the count again.
 
 Reversal (``reverse``, default true): the first candidate of every answer is the better parent with
 its order reversed (every returned value negated), when that orders the probe inputs unlike both
@@ -62,7 +73,7 @@ from functools import partial
 from typing import Any
 
 from eqflow.funsearch.code import INDENT, parse_function
-from eqflow.funsearch.mutation_probe import not_worth_evaluating, prober
+from eqflow.funsearch.mutation_probe import Prober, not_worth_evaluating, prober
 from eqflow.funsearch.samplers import SampleRequest, SampleResult, register
 
 # What a subexpression evaluates to, as far as the sampler can tell from the syntax.
@@ -569,6 +580,9 @@ PRIORS = ("uniform", "tuned")
 MEMORY_SCOPES = 256  # islands remembered (the least recently sampled for is forgotten first); experiments: 32
 MEMORY_PER_SCOPE = 20_000  # fingerprints remembered per island or experiment
 
+RESTART_REQUESTS = 3  # an island's requests without a new better parent that double the restart weight
+RESTART_MAX = 4.0  # ... at most this many times the usual
+
 DEFAULT_WEIGHTS: dict[str, float] = {
     "perturb": 0.1, "swap": 0.15, "replace": 0.15, "insert": 0.15, "wrap": 0.25, "simplify": 0.1, "drop": 0.02,
     "fresh": 0.3,
@@ -583,13 +597,19 @@ class MutationSampler:
     def __init__(self, max_nodes: int = 80, max_depth: int = 12, crossover_rate: float = 0.15,
                  max_edits: int = 3, weights: dict[str, float] | None = None, attempts: int = 40,
                  term_wrap_rate: float = 0.5, prior: str = "uniform", probe: bool = True,
-                 reverse: bool = True, remember: bool = True) -> None:
+                 reverse: bool = True, remember: bool = True, novelty: float = 0.75, restart: bool = True) -> None:
         if prior not in PRIORS:
             raise ValueError(f"unknown mutation prior {prior!r}; known: {', '.join(PRIORS)}")
         self.prior = prior
         self.probe = bool(probe)
         self.reverse = bool(reverse)
         self.remember = bool(remember)
+        if not 0.0 <= float(novelty) <= 1.0:
+            raise ValueError(f"mutation novelty must be in [0, 1], not {novelty!r}")
+        self.novelty = float(novelty)
+        self.restart = bool(restart)
+        # Per scope: the better parents it was asked for, and the requests since a new one came.
+        self._progress: OrderedDict[str, tuple[set[str], int]] = OrderedDict()
         # What was given where: fingerprint -> body, per island (scope) and per experiment.
         self._islands: OrderedDict[str, OrderedDict[tuple[float, ...], str]] = OrderedDict()
         self._experiments: OrderedDict[str, OrderedDict[tuple[float, ...], str]] = OrderedDict()
@@ -613,18 +633,23 @@ class MutationSampler:
         if not parents:
             # Nothing to edit: start from a constant, as a spec's initial program does.
             parents = [_function(request.header, "return 0.0")]
-        mutator = Mutator(signature, rng, self.max_nodes, self.max_depth, self.weights, self.term_wrap_rate,
-                          prior=self.prior)
+        mutator = self._mutator(request, signature, rng)
         seen = {_canonical(p) for p in parents}
         probes = prober(request.header, request.function_name, signature) if self.probe else None
         runs = probes.runs if probes is not None else 0
-        behaviours = {f for p in parents if probes is not None and (f := probes.fingerprint(body_text(p))) is not None}
         remember = probes is not None and self.remember and bool(request.scope)
-        if remember:  # orders given to this island before
-            behaviours |= _remembered(self._islands, request.scope, MEMORY_SCOPES).keys()
+        behaviours = self._known(request, parents, probes, remember)
+        # Orders known per probe group: a candidate ordering most groups like some known program
+        # (of those, 40 % were behaviour duplicates on deletion codes against 3 % of the others)
+        # differs from it only on inputs the problem may never use.
+        groups: list[set[float]] = []
+        for known in behaviours:
+            _note_groups(groups, known)
+        needed = math.ceil(self.novelty * len(groups))  # new groups a candidate needs
         bodies: list[str] = []
         spare: list[str] = []  # valid candidates that repeat one already given: best effort fill
         similar: list[str] = []  # new text that orders the probe inputs like a parent or an earlier one
+        near: list[tuple[int, int, str, tuple[float, ...]]] = []  # new orders, in too few groups
         reversal = _reversed(parents[-1]) if self.reverse else None
         first = [reversal] if reversal is not None and _size(reversal) <= self.max_nodes else []
         for _ in range(self.attempts * max(1, request.samples)):
@@ -644,16 +669,60 @@ class MutationSampler:
                 similar.append(text)
                 continue
             if behaviour is not None:
+                fresh_groups = _new_groups(groups, behaviour)
+                if fresh_groups < needed:
+                    near.append((-fresh_groups, len(near), text, behaviour))
+                    continue
                 behaviours.add(behaviour)
+                _note_groups(groups, behaviour)
                 if remember:
                     text = self._remember(request.scope, behaviour, text)
             bodies.append(text)
+        self._give_near(request, near, behaviours, bodies, remember)
         while len(bodies) < request.samples:
             bodies.append(similar.pop() if similar else spare.pop() if spare else body_text(parents[-1]))
         runs = probes.runs - runs if probes is not None else 0
         self.probe_runs += runs
         return SampleResult(bodies=bodies, seconds=time.perf_counter() - started, model="mutation",
                             sandbox_runs=runs)
+
+    def _give_near(self, request: SampleRequest, near: list[tuple[int, int, str, tuple[float, ...]]],
+                   behaviours: set[tuple[float, ...]], bodies: list[str], remember: bool) -> None:
+        """Fills ``bodies`` up with the candidates of new orders in too few probe groups, the most
+        novel first."""
+        for _, _, text, behaviour in sorted(near):
+            if len(bodies) < request.samples and behaviour not in behaviours:
+                behaviours.add(behaviour)
+                bodies.append(self._remember(request.scope, behaviour, text) if remember else text)
+
+    def _known(self, request: SampleRequest, parents: list[ast.FunctionDef], probes: Prober | None,
+               remember: bool) -> set[tuple[float, ...]]:
+        """The orders not to give again: the parents', and with memory those given to this island."""
+        found = {f for p in parents if probes is not None and (f := probes.fingerprint(body_text(p))) is not None}
+        if remember:
+            found |= _remembered(self._islands, request.scope, MEMORY_SCOPES).keys()
+        return found
+
+    def _mutator(self, request: SampleRequest, signature: Signature, rng: random.Random) -> Mutator:
+        weights = self.weights
+        stale = self._stale(request) if self.restart else 0
+        if stale:  # the island is stuck: restarts (a new top-level expression) more often
+            weights = {**weights, "fresh": weights["fresh"] * min(RESTART_MAX, 1 + stale / RESTART_REQUESTS)}
+        return Mutator(signature, rng, self.max_nodes, self.max_depth, weights, self.term_wrap_rate, prior=self.prior)
+
+    def _stale(self, request: SampleRequest) -> int:
+        """Requests for this scope (island) in a row whose better parent was the better parent of
+        an earlier one: no new program has come up there since. 0 without a scope."""
+        if not request.scope or not request.parents:
+            return 0
+        better = request.parents[-1]
+        seen, stale = self._progress.pop(request.scope, (set(), 0))
+        stale = stale + 1 if better in seen else 0
+        seen.add(better)
+        self._progress[request.scope] = (seen, stale)  # the most recent last: the oldest forgotten first
+        while len(self._progress) > MEMORY_SCOPES:
+            self._progress.popitem(last=False)
+        return stale
 
     def _remember(self, scope: str, behaviour: tuple[float, ...], text: str) -> str:
         """Notes that ``scope`` (``experiment/island/version``) is given ``text`` ordering the probe
@@ -684,6 +753,19 @@ class MutationSampler:
         if not (varying or set(signature.ints)) & _free_names(candidate):
             return None
         return candidate
+
+
+def _note_groups(groups: list[set[float]], fingerprint: tuple[float, ...]) -> None:
+    """Adds a fingerprint's per-group orders to ``groups`` (one set of order hashes per probe group)."""
+    while len(groups) < len(fingerprint):
+        groups.append(set())
+    for known, value in zip(groups, fingerprint, strict=False):
+        known.add(value)
+
+
+def _new_groups(groups: list[set[float]], fingerprint: tuple[float, ...]) -> int:
+    """In how many probe groups ``fingerprint`` orders the inputs unlike every known program."""
+    return sum(1 for index, value in enumerate(fingerprint) if index >= len(groups) or value not in groups[index])
 
 
 def _reversed(parent: ast.FunctionDef) -> ast.FunctionDef | None:
@@ -756,7 +838,7 @@ def _seed(request: SampleRequest) -> int:
 
 def _iter_kwargs(config: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     allowed = {"max_nodes", "max_depth", "crossover_rate", "max_edits", "weights", "attempts", "term_wrap_rate",
-               "prior", "probe", "reverse", "remember"}
+               "prior", "probe", "reverse", "remember", "novelty", "restart"}
     for key, value in config.items():
         if key not in allowed:
             raise ValueError(f"unknown mutation sampler option {key!r}; known: {', '.join(sorted(allowed))}")
