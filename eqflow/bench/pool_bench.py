@@ -10,6 +10,7 @@ from typing import Any
 from eqflow.bench.queue_bench import bench_database, bench_end_to_end
 from eqflow.queue import LocalTaskQueue
 from eqflow.workers.launchers import JobState, LocalLauncher, PoolSpec, wait
+from eqflow.workers.tasks import sleep
 
 RAW_BATCH = 100  # the raw loop's batch (eqflow bench queue)
 
@@ -37,11 +38,23 @@ def _one(queue: LocalTaskQueue, task_type: int, workers: int, seconds: float, n:
     return n / elapsed
 
 
+def _alone(seconds: float, n: int = 200) -> float:
+    """Seconds one sleep task takes when run back to back in this process, no pool (the ceiling
+    of a pool's rate is workers / this)."""
+    payload = json.dumps({"seconds": seconds})
+    t0 = time.perf_counter()
+    for _ in range(n):
+        sleep(payload)
+    return (time.perf_counter() - t0) / n
+
+
 def run(url: str | None = None, progress: Any = None) -> dict[str, Any]:
     say = progress or (lambda msg: None)
     queue = LocalTaskQueue(bench_database(url), migrate=False)
     rows: list[dict[str, Any]] = []
     task_type = 100
+    say("the 10 ms task alone, in this process")
+    own_s = _alone(0.01)
     try:
         cases = ((s, label, w, pre) for s, label in ((0.0, "noop"), (0.01, "10ms"))
                  for w in (1, 2, 4) for pre in (False, True))
@@ -54,7 +67,9 @@ def run(url: str | None = None, progress: Any = None) -> dict[str, Any]:
             ideal = workers / seconds if seconds else None
             rows.append({"task": label, "workers": workers, "batch": batch, "prefetch": prefetch, "tasks": n,
                          "tasks_per_s": round(rate), "ideal_tasks_per_s": ideal,
-                         "efficiency": round(rate / ideal, 2) if ideal else None})
+                         "efficiency": round(rate / ideal, 2) if ideal else None,
+                         # against what the task itself takes here (a 10 ms sleep oversleeps)
+                         "efficiency_vs_task_alone": round(rate * own_s / workers, 2) if seconds else None})
         # The pool with the raw loop's own batch (100 in hand, 25 per worker), then the raw
         # claim/report loop of `eqflow bench queue` (4 processes, batch 100), same run.
         task_type += 1
@@ -68,5 +83,6 @@ def run(url: str | None = None, progress: Any = None) -> dict[str, Any]:
         queue.close()
     pool4 = float(next(r["tasks_per_s"] or 0 for r in rows
                        if r["task"] == "noop" and r["workers"] == 4 and r["prefetch"]))
-    return {"pool": rows, "raw_loop_tasks_per_s": round(raw), "noop_4_workers_over_raw": round(pool4 / raw, 2),
+    return {"pool": rows, "task_10ms_alone_ms": round(own_s * 1e3, 2), "raw_loop_tasks_per_s": round(raw),
+            "noop_4_workers_over_raw": round(pool4 / raw, 2),
             "noop_4_workers_same_batch_over_raw": round(matched / raw, 2)}
