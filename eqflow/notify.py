@@ -163,8 +163,9 @@ class Listener:
                             self._route(note.channel, note.payload)
                         self._listen_to_new(conn, listening)
             except psycopg.Error as exc:
-                for ready in list(self._ready.values()):
-                    ready.clear()
+                with self._lock:  # subscribers wait for the next connection's LISTEN
+                    for ready in self._ready.values():
+                        ready.clear()
                 if probing:
                     probing = False
                     outage.probed(str(exc))

@@ -448,4 +448,3 @@ def _changed_or_raise(rows: list[tuple[Any, ...]]) -> list[int]:
     if missing:
         raise UnknownTask(missing)
     return sorted(tid for _, tid in rows)
-
