@@ -12,12 +12,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-import numpy as np
 import pytest
 
 from eqflow.funsearch.code import body_hash, function_source, parse_function, trim_completion
 from eqflow.funsearch.mutation import MutationSampler, parse_signature
 from eqflow.funsearch.samplers import SampleRequest, make_sampler
+from eqflow.funsearch.sandbox import Limits, Sandbox
+from eqflow.funsearch.spec import Spec
 
 DELETION = "def priority(el: tuple[int, ...], n: int, s: int) -> float:"
 CAP_SET = "def priority(el: tuple[int, ...], n: int) -> float:"
@@ -147,7 +148,7 @@ def test_config_is_checked() -> None:
         MutationSampler(weights={"teleport": 1.0})
 
 
-# A short search, test-only: the candidates run in-process here, never in shipped code.
+# A short search. The candidates are untrusted code: they run in the Sandbox, never here.
 
 def deletion_code_size(priority: Callable[..., float], n: int) -> int:
     """Greedy single-deletion code: words by (-priority, word), kept when their deletion balls are disjoint."""
@@ -165,22 +166,20 @@ def deletion_code_size(priority: Callable[..., float], n: int) -> int:
     return size
 
 
-def evaluate(body: str, n: int) -> int | None:
-    namespace: dict[str, object] = {"np": np}
-    try:
-        exec(function_source(DELETION, body), namespace)  # noqa: S102 - test-only search
-        return deletion_code_size(namespace["priority"], n)  # type: ignore[arg-type]
-    except Exception:
-        return None
+def sandboxed_size(box: Sandbox, body: str) -> int | None:
+    """The code size the bundled deletion_codes spec gives ``body`` (its one test), evaluated in
+    the sandbox; None when the candidate fails."""
+    result = box.evaluate(body)
+    return int(next(iter(result.scores.values()))) if result.status == "ok" else None
 
 
-def search(seed: int, budget: int, n: int, target: int) -> tuple[int, int]:
+def search(box: Sandbox, seed: int, budget: int, target: int) -> tuple[int, int]:
     """A small programs database: parents drawn from the best score clusters (softmax), shorter
     programs preferred inside a cluster; returns (best score, evaluations used)."""
     rng = random.Random(seed)
     sampler = MutationSampler()
     start = "    return 0.0\n"
-    programs: dict[str, tuple[str, int]] = {body_hash(start, DELETION): (start, evaluate(start, n) or 0)}
+    programs: dict[str, tuple[str, int]] = {body_hash(start, DELETION): (start, sandboxed_size(box, start) or 0)}
     evaluations = 1
     step = 0
     while evaluations < budget:
@@ -203,7 +202,7 @@ def search(seed: int, budget: int, n: int, target: int) -> tuple[int, int]:
             candidate = trim_completion(raw, "priority", DELETION)
             if candidate is None or body_hash(candidate, DELETION) in programs:
                 continue
-            result = evaluate(candidate, n)
+            result = sandboxed_size(box, candidate)
             if result is not None:
                 programs[body_hash(candidate, DELETION)] = (candidate, result)
                 if result >= target:
@@ -217,6 +216,8 @@ def test_greedy_baseline() -> None:
 
 
 def test_search_improves_deletion_code_from_8_to_10() -> None:
-    assert evaluate("    return 0.0\n", 6) == 8  # where the search starts
-    best, used = search(seed=1, budget=400, n=6, target=10)  # about 40 evaluations, well under a second
+    limits = Limits(timeout_s=2.0, memory_mb=256, max_procs=8)
+    with Sandbox(Spec.load("deletion_codes"), [{"n": 6, "s": 1}], limits) as box:
+        assert sandboxed_size(box, "    return 0.0\n") == 8  # where the search starts
+        best, used = search(box, seed=1, budget=400, target=10)  # about 40 evaluations
     assert best == 10, f"best {best} after {used} evaluations"
