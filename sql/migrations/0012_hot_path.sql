@@ -40,7 +40,12 @@ LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
     -- The completions are announced by notify_done after the commit (migration 0010).
     PERFORM set_config('eqflow.notify_done', 'deferred', true);
-    IF cardinality(p_task_types) = 1 THEN  -- one type: the claim reads the queue index in order
+    -- The two branches differ only in the claim's type predicate. One type must be written
+    -- "= p_task_types[1]": a generic plan cannot know that "= ANY(...)" will hold one element,
+    -- and for several it sorts every queued task of those types instead of reading the queue
+    -- index in order. One statement each (not a shared report statement): the statement
+    -- triggers (metrics, announcements) then fire once per call.
+    IF cardinality(p_task_types) = 1 THEN
         RETURN QUERY
         WITH reported AS (
             UPDATE tasks t
