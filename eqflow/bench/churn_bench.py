@@ -59,6 +59,18 @@ def _apply(conn: psycopg.Connection[Any], settings: str | None) -> None:
         time.sleep(0.5)  # the postmaster rereads its files
 
 
+def _flushed_sample(conn: psycopg.Connection[Any], updates: int, wait_s: float = 5.0) -> dict[str, Any]:
+    """A sample once the statistics show ``updates`` row updates of tasks (a claim and a report
+    per task): backends hand their counts to the statistics at most once a second, and a
+    stopped worker's backend as it exits, so a short run's last counts come in a moment late."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        sample = _sample(conn)
+        if sample["updates"] >= updates or time.monotonic() > deadline:
+            return sample
+        time.sleep(0.1)
+
+
 def _one(url: str, settings: str, total: int, say: Callable[[str], None]) -> dict[str, Any]:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(query("bench_churn_truncate"))
@@ -103,7 +115,7 @@ def _one(url: str, settings: str, total: int, say: Callable[[str], None]) -> dic
         watcher.join()
         queue.close()
     with psycopg.connect(url, autocommit=True) as conn:
-        last = _sample(conn)
+        last = _flushed_sample(conn, first["updates"] + 2 * total)
     seen = samples + [last]
     updates = last["updates"] - first["updates"]
     metrics_updates = last["metrics_updates"] - first["metrics_updates"]
