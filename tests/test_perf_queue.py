@@ -245,7 +245,10 @@ def test_churn_benchmark_compares_the_settings_and_leaves_the_server_as_it_was(d
     assert (base["autovacuum_naptime"], tuned["autovacuum_naptime"]) == ("1min", "10s")
     for row in (base, tuned):
         assert row["completions"] == 3000 and row["completions_per_s"] > 0
-        assert row["dead_rows_max"] > 0 and row["heap_mb"] > 0 and row["index_mb"] > 0
+        assert row["heap_mb"] > 0 and row["index_mb"] > 0
+        # the dead row versions were seen, unless an autovacuum took them first: on the tests'
+        # busy cluster one can start within a second of a run this short (10 s naptime)
+        assert row["dead_rows_max"] > 0 or row["autovacuums"] > 0, row
         assert row["hot_update_pct"] == 0.0  # every update of tasks changes its status
     assert sql(db_url, "SHOW autovacuum_naptime") == [("10s",)]
     bench = psycopg.conninfo.make_conninfo(db_url, dbname="eqflow_bench")
