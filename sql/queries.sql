@@ -55,20 +55,13 @@ WHERE t.task_id = ANY(ARRAY(
 RETURNING t.task_id, t.exp_id, t.task_type, t.priority, t.payload, t.tag, t.attempts, t.claim_id;
 
 -- name: report_results
--- A NULL claim id (EQ-SQL compatibility) accepts any running holder. The accepted tasks are
--- announced by notify_done, which the caller runs right after this has committed (migration 0010).
-WITH quiet AS MATERIALIZED (SELECT set_config('eqflow.notify_done', 'deferred', true)),
-reported AS (
-    UPDATE tasks t
-    SET status = 'complete', result = r.result, error = NULL, finished_at = now(),
-        lease_expires_at = NULL
-    FROM unnest(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(results)s::text[])
-         AS r(task_id, claim_id, result), quiet
-    WHERE t.task_id = r.task_id AND t.status = 'running'
-      AND (r.claim_id IS NULL OR t.claim_id = r.claim_id)
-    RETURNING t.task_id, t.exp_id),
-told AS MATERIALIZED (SELECT eqflow_keep_done(array_agg(task_id), array_agg(exp_id)) FROM reported)
-SELECT task_id, exp_id FROM reported, told;
+-- A NULL claim id (EQ-SQL compatibility) accepts any running holder. The report of
+-- report_and_claim (migration 0012) with nothing to claim. The accepted tasks are announced by
+-- notify_done, which the caller runs right after this has committed (migration 0010).
+SELECT task_id, exp_id
+FROM eqflow_report_and_claim(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(results)s::text[],
+                             '{}'::integer[], 0, '', 0)
+WHERE NOT claimed;
 
 -- name: notify_done
 -- The eqflow_done notifications of the tasks the last report on this connection accepted
