@@ -7,9 +7,11 @@ Channels (see sql/migrations/0001_init.sql):
   eqflow_pool    payload "<pool_id>"               a pool was told to stop
 
 A process listens only on the channels it has inboxes for: a worker waiting for work is not
-woken for every task that finishes elsewhere (its thread would parse and drop each one). A
-channel is listened on from its first inbox on (within the listener's 0.25 s turn) for as long
-as the connection lives.
+woken for every task that finishes elsewhere (its thread would parse and drop each one), and a
+channel nobody has waited on for UNLISTEN_AFTER_S is dropped. PostgreSQL (up to 17 at least)
+signals every backend that listens on any channel of the database for each notifying commit, so
+a busy worker that kept listening cost the server a signal and a queue read per finished task.
+A subscribe to a channel not listened on wakes the listener thread, which LISTENs at once.
 
 After a (re)connect every inbox is told to resync, since notifications sent while the
 listener was away are lost; waiters then do one full check.
@@ -17,8 +19,11 @@ listener was away are lost; waiters then do one full check.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -31,6 +36,8 @@ from eqflow.db.connector import Turn, connect_kwargs, outage_for
 log = logging.getLogger(__name__)
 
 CHANNELS = ("eqflow_queued", "eqflow_done", "eqflow_pool")
+UNLISTEN_AFTER_S = 1.0  # a channel without inboxes this long is dropped (a wait soon after keeps it)
+TURN_S = 0.25  # the listener thread looks at its channels and stop flag at least this often
 
 
 class Inbox:
@@ -98,6 +105,11 @@ class Listener:
         self._stop = threading.Event()
         # channel -> set once LISTEN on it has taken effect on the current connection
         self._ready: dict[str, threading.Event] = {}
+        self._subscribers: dict[str, int] = defaultdict(int)  # channel -> inboxes open on it
+        self._unused_since: dict[str, float] = {}  # channel -> when its last inbox closed
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
 
     def subscribe(self, channel: str, keys: list[str] | set[str] | frozenset[str]) -> Inbox:
         if channel not in CHANNELS:
@@ -109,26 +121,42 @@ class Listener:
                 if stopping is None or not stopping.is_alive():
                     for key in inbox.keys:
                         self._inboxes[key].add(inbox)
+                    self._subscribers[channel] += 1
+                    self._unused_since.pop(channel, None)
                     ready = self._ready.setdefault(channel, threading.Event())
                     self._ensure_thread()
                     break
             stopping.join()  # outside the lock: the thread takes it to route notifications
         # A waiter must not miss what is sent between its first check and the LISTEN taking effect.
-        ready.wait(timeout=10.0)
+        if not ready.is_set():
+            self._wake()
+            ready.wait(timeout=10.0)
         return inbox
 
     def unsubscribe(self, inbox: Inbox) -> None:
         with self._lock:
+            channels = set()
             for key in inbox.keys:
                 members = self._inboxes.get(key)
-                if members is not None:
+                if members is not None and inbox in members:
                     members.discard(inbox)
+                    channels.add(key[0])
                     if not members:
                         del self._inboxes[key]
+            for channel in channels:
+                self._subscribers[channel] -= 1
+                if self._subscribers[channel] <= 0:
+                    del self._subscribers[channel]
+                    self._unused_since[channel] = time.monotonic()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full (the thread has wake-ups pending anyway) or closed
+            self._wake_w.send(b"x")
 
     def close(self) -> None:
         """Stop the thread and drop its connection (a later subscribe starts them again)."""
         self._stop.set()
+        self._wake()
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -155,13 +183,15 @@ class Listener:
                         probing = False
                         outage.probed(None)
                     listening: set[str] = set()
-                    self._listen_to_new(conn, listening)
+                    self._tune_channels(conn, listening)
                     connected = True
                     self._broadcast_resync()
                     while not self._stop.is_set():
-                        for note in conn.notifies(timeout=0.25):
+                        for note in conn.notifies(timeout=0):  # what has arrived, without waiting
                             self._route(note.channel, note.payload)
-                        self._listen_to_new(conn, listening)
+                        self._tune_channels(conn, listening)
+                        select.select([conn.fileno(), self._wake_r.fileno()], [], [], TURN_S)
+                        self._drain_wake()
             except psycopg.Error as exc:
                 with self._lock:  # subscribers wait for the next connection's LISTEN
                     for ready in self._ready.values():
@@ -181,14 +211,28 @@ class Listener:
                 if probing:
                     outage.probed("listener stopped")
 
-    def _listen_to_new(self, conn: psycopg.Connection[object], listening: set[str]) -> None:
-        """LISTEN on the channels that got their first inbox since the last turn."""
+    def _tune_channels(self, conn: psycopg.Connection[object], listening: set[str]) -> None:
+        """LISTEN on the channels that got their first inbox since the last turn; UNLISTEN those
+        without inboxes for UNLISTEN_AFTER_S."""
+        now = time.monotonic()
         with self._lock:
-            wanted = [(channel, ready) for channel, ready in self._ready.items() if channel not in listening]
+            wanted = [(channel, self._ready[channel]) for channel in self._subscribers if channel not in listening]
+            unused = [channel for channel in listening if channel not in self._subscribers
+                      and now - self._unused_since.get(channel, now) >= UNLISTEN_AFTER_S]
+            for channel in unused:  # a subscribe from now on waits for the next LISTEN
+                listening.discard(channel)
+                self._ready[channel].clear()
+        for channel in unused:
+            conn.execute(f"UNLISTEN {channel}")  # one of the constant names above
         for channel, ready in wanted:
             conn.execute(f"LISTEN {channel}")  # one of the constant names above
             listening.add(channel)
             ready.set()
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(OSError):  # BlockingIOError: nothing (more) to read
+            while self._wake_r.recv(4096):
+                pass
 
     def _route(self, channel: str, payload: str) -> None:
         key = done_key(payload) if channel == "eqflow_done" else payload

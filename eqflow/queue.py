@@ -175,12 +175,23 @@ class LocalTaskQueue:
         timeout = validate.timeout(timeout)
         lease = validate.optional_lease(lease_s, self.lease_s)
         deadline = None if timeout is None else time.monotonic() + timeout
-        inbox = self._work_inbox(types) if timeout != 0 else None
+        shared = self._work_inboxes.get(types)
+        if timeout != 0 and shared is not None:
+            return self._claim_waiting(shared, types, n, pool, lease, deadline)
+        tasks = self._claim_now(types, n, pool, lease)
+        if tasks or timeout == 0:
+            return tasks
+        # Only a claim that waits listens for new work: a worker kept busy is not woken by every
+        # notification sent on the database (the listener drops the channel once nobody waits).
+        with self._listener.subscribe("eqflow_queued", {str(t) for t in types}) as inbox:
+            return self._claim_waiting(inbox, types, n, pool, lease, deadline)
+
+    def _claim_waiting(self, inbox: Inbox, types: tuple[int, ...], n: int, pool: str, lease: float,
+                       deadline: float | None) -> list[ClaimedTask]:
         while True:
-            if inbox is not None:
-                inbox.clear()
+            inbox.clear()
             tasks = self._claim_now(types, n, pool, lease)
-            if tasks or inbox is None:
+            if tasks:
                 return tasks
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -191,7 +202,8 @@ class LocalTaskQueue:
                 self.rescue_expired_if_due()
 
     def work_inbox(self, task_types: int | Iterable[int]) -> Inbox:
-        """The inbox woken when work of these types is queued (shared with claim())."""
+        """The inbox woken when work of these types is queued, held until close() (claim() then
+        waits on it too)."""
         return self._work_inbox(validate.task_types(task_types))
 
     def _work_inbox(self, types: tuple[int, ...]) -> Inbox:
@@ -202,12 +214,7 @@ class LocalTaskQueue:
         return inbox
 
     def _claim_now(self, types: tuple[int, ...], n: int, pool: str, lease: float) -> list[ClaimedTask]:
-        if len(types) == 1:
-            rows = self.db.fetch_all("claim_one_type", {
-                "task_type": types[0], "n": n, "pool": pool, "lease_s": lease})
-        else:
-            rows = self.db.fetch_all("claim_many_types", {
-                "task_types": list(types), "n": n, "pool": pool, "lease_s": lease})
+        rows = self.db.fetch_all("claim_tasks", {"task_types": list(types), "n": n, "pool": pool, "lease_s": lease})
         tasks = [ClaimedTask(tid, exp, typ, prio, payload, tag, attempt, claim_id, pool)
                  for tid, exp, typ, prio, payload, tag, attempt, claim_id in rows]
         tasks.sort(key=lambda t: (-t.priority, t.task_id))

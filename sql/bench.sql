@@ -89,7 +89,7 @@ SELECT pg_reload_conf();
 
 -- name: bench_churn_truncate
 -- The churn benchmark's tables, emptied with their statistics before each setting's run.
-TRUNCATE tasks, task_metrics, task_throughput, pools, experiments, submissions;
+TRUNCATE tasks, task_metrics, task_throughput, task_flow, pools, experiments, submissions;
 
 -- name: bench_churn_open
 -- Queued tasks of one type, and running tasks (both read through partial indexes).
@@ -97,10 +97,11 @@ SELECT (SELECT count(*) FROM tasks WHERE status = 'queued' AND task_type = %(tas
        (SELECT count(*) FROM tasks WHERE status = 'running');
 
 -- name: bench_churn_sample
--- Row versions, sizes and vacuum/update counters of the task table and the counters table.
+-- Row versions, sizes and vacuum/update counters of the task table and the hot path's counters
+-- table (task_flow, migration 0013).
 SELECT t.n_live_tup, t.n_dead_tup, t.autovacuum_count, t.n_tup_upd, t.n_tup_hot_upd,
        pg_table_size('tasks'), pg_indexes_size('tasks'),
-       m.n_dead_tup, m.n_tup_upd, m.n_tup_hot_upd, pg_total_relation_size('task_metrics'),
+       m.n_dead_tup, m.n_tup_upd, m.n_tup_hot_upd, pg_total_relation_size('task_flow'),
        current_setting('autovacuum_naptime')
 FROM pg_stat_user_tables t, pg_stat_user_tables m
-WHERE t.relname = 'tasks' AND m.relname = 'task_metrics';
+WHERE t.relname = 'tasks' AND m.relname = 'task_flow';

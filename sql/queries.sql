@@ -25,34 +25,14 @@ FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS p(payload, ord)
 ORDER BY p.ord
 RETURNING task_id;
 
--- name: claim_one_type
--- The picked ids go to the UPDATE as an array (= ANY(ARRAY(...))): always a primary-key lookup.
--- Joined as a CTE instead, the prepared statement's generic plan (LIMIT unknown) hashed a
--- sequential scan of the whole table on every claim (66 ms at 100,000 tasks).
-UPDATE tasks t
-SET status = 'running', pool = %(pool)s, attempts = t.attempts + 1,
-    claim_id = nextval('eqflow_claim_seq'),
-    lease_expires_at = now() + make_interval(secs => %(lease_s)s), started_at = now()
-WHERE t.task_id = ANY(ARRAY(
-    SELECT task_id FROM tasks
-    WHERE status = 'queued' AND task_type = %(task_type)s
-    ORDER BY priority DESC, task_id
-    LIMIT %(n)s
-    FOR UPDATE SKIP LOCKED))
-RETURNING t.task_id, t.exp_id, t.task_type, t.priority, t.payload, t.tag, t.attempts, t.claim_id;
-
--- name: claim_many_types
-UPDATE tasks t
-SET status = 'running', pool = %(pool)s, attempts = t.attempts + 1,
-    claim_id = nextval('eqflow_claim_seq'),
-    lease_expires_at = now() + make_interval(secs => %(lease_s)s), started_at = now()
-WHERE t.task_id = ANY(ARRAY(
-    SELECT task_id FROM tasks
-    WHERE status = 'queued' AND task_type = ANY(%(task_types)s::integer[])
-    ORDER BY priority DESC, task_id
-    LIMIT %(n)s
-    FOR UPDATE SKIP LOCKED))
-RETURNING t.task_id, t.exp_id, t.task_type, t.priority, t.payload, t.tag, t.attempts, t.claim_id;
+-- name: claim_tasks
+-- Up to n queued tasks of the given types, highest priority first: eqflow_report_and_claim
+-- (migration 0013) with nothing to report. Its generic plans read the queue index in order
+-- whatever n, and it counts the claims itself (no metrics trigger).
+SELECT task_id, exp_id, task_type, priority, payload, tag, attempts, claim_id
+FROM eqflow_report_and_claim('{}'::bigint[], '{}'::bigint[], '{}'::text[],
+                             %(task_types)s::integer[], %(n)s, %(pool)s, %(lease_s)s)
+WHERE claimed;
 
 -- name: report_results
 -- A NULL claim id (EQ-SQL compatibility) accepts any running holder. The report of
@@ -77,7 +57,7 @@ sent AS MATERIALIZED (SELECT count(pg_notify('eqflow_done', msg)) AS n FROM msgs
 SELECT set_config('synchronous_commit', 'off', true), n, set_config('eqflow.done', '{}', false) FROM sent;
 
 -- name: report_and_claim
--- report_results and claim_one_type/claim_many_types in one statement, one commit: a pool at
+-- report_results and claim_tasks in one statement, one commit: a pool at
 -- steady state spends one transaction per task (batch) instead of two (migration 0012). The
 -- reported rows are 'running' and the claimed ones 'queued', so the two updates never touch the
 -- same row. The first column tells the accepted reports (false: task_id, exp_id) from the claimed
@@ -448,9 +428,26 @@ ORDER BY event_id DESC LIMIT %(limit)s;
 -- kept by the triggers of migration 0007; a read sums a few shards per figure.
 
 -- name: metrics_counters
--- Every task figure and scaling decision count, summed over the shards.
+-- Every task figure and scaling decision count, summed over the shards: task_metrics (the
+-- triggers of 0007) plus what eqflow_report_and_claim counted in task_flow (0013): its claims
+-- took tasks from queued to running, its completions from running to complete.
+WITH flow AS (
+    SELECT task_type, bucket, sum(claimed) AS claimed, sum(completed) AS completed, sum(latency_sum) AS latency
+    FROM task_flow GROUP BY task_type, bucket),
+per_type AS (
+    SELECT task_type, sum(claimed) AS claimed, sum(completed) AS completed, sum(latency) AS latency
+    FROM flow GROUP BY task_type),
+figures AS (
+    SELECT metric, task_type, label, value FROM task_metrics
+    UNION ALL SELECT 'tasks', task_type, 'queued', -claimed FROM per_type
+    UNION ALL SELECT 'tasks', task_type, 'running', claimed - completed FROM per_type
+    UNION ALL SELECT 'tasks', task_type, 'complete', completed FROM per_type WHERE completed > 0
+    UNION ALL SELECT 'completed', task_type, '', completed FROM per_type WHERE completed > 0
+    UNION ALL SELECT 'latency_sum', task_type, '', latency FROM per_type WHERE completed > 0
+    UNION ALL SELECT 'latency_bucket', task_type, (eqflow_latency_labels())[bucket], completed
+              FROM flow WHERE bucket > 0 AND completed > 0)
 SELECT metric, task_type, label, sum(value)::float8
-FROM task_metrics
+FROM figures
 GROUP BY metric, task_type, label
 ORDER BY metric, task_type, label;
 
@@ -460,10 +457,12 @@ SELECT count(*) FILTER (WHERE heartbeat_at >= now() - make_interval(secs => %(al
 FROM pools WHERE status IN ('starting', 'running');
 
 -- name: metrics_throughput
--- Completions per task type in the 10-second slots that started within the last minute.
+-- Completions per task type in the 10-second slots that started within the last minute
+-- (task_throughput: the metrics trigger; task_flow: eqflow_report_and_claim).
 SELECT task_type, sum(completed)::bigint
-FROM task_throughput
-WHERE slot_start > now() - interval '60 seconds'
+FROM (SELECT task_type, completed FROM task_throughput WHERE slot_start > now() - interval '60 seconds'
+      UNION ALL
+      SELECT task_type, slot_completed FROM task_flow WHERE slot_start > now() - interval '60 seconds') recent
 GROUP BY task_type ORDER BY task_type;
 
 -- name: status_pools

@@ -75,7 +75,7 @@ def test_non_editable_install_maps_packages_under_eqflow(tmp_path):
     assert out.returncode == 0, out.stderr
     assert not (target / "workers").exists() and not (target / "service").exists()
     probe = ("from eqflow.db.sqlfiles import migrations, queries; import eqflow.workers.pool, eqflow.service; "
-             "print(len(migrations()), 'claim_one_type' in queries())")
+             "print(len(migrations()), 'claim_tasks' in queries())")
     env = dict(os.environ, PYTHONPATH=str(target))
     checked = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert checked.returncode == 0, checked.stderr

@@ -20,6 +20,7 @@ from eqflow import as_completed
 from eqflow.db.embedded import free_port
 from eqflow.db.migrate import upgrade
 from eqflow.db.sqlfiles import migrations, query
+from eqflow.metrics import read_figures
 from eqflow.queue import LocalTaskQueue
 from tests.conftest import sql
 from tests.service_fixtures import TOKEN, ServiceProcess
@@ -253,11 +254,17 @@ def test_the_migration_counts_what_was_there_before(admin_url: str) -> None:
         with LocalTaskQueue(url, migrate=False) as q:
             q.submit_many("old", 1, ["a"] * 10)
             q.submit_many("old", 4, ["b"] * 3)
-            got = q.claim(1, n=6, pool="p")
-            q.report_failure([(t, "e") for t in got[3:4]], retry=False)
-        # today's report needs today's schema (0012): completed the way schema 6 did it
+        # today's claims and reports need today's schema (0013): done the way schema 6 did them
+        got = [r[0] for r in sql(url, "UPDATE tasks SET status = 'running', pool = 'p', attempts = 1, "
+                                      "claim_id = nextval('eqflow_claim_seq'), started_at = now(), "
+                                      "lease_expires_at = now() + interval '1 hour' WHERE task_id IN "
+                                      "(SELECT task_id FROM tasks WHERE task_type = 1 ORDER BY task_id LIMIT 6) "
+                                      "RETURNING task_id")]
+        got.sort()
         sql(url, "UPDATE tasks SET status = 'complete', result = 'r', finished_at = now(), "
-                 "lease_expires_at = NULL WHERE task_id = ANY(%s)", ([t.task_id for t in got[:3]],))
+                 "lease_expires_at = NULL WHERE task_id = ANY(%s)", (got[:3],))
+        sql(url, "UPDATE tasks SET status = 'failed', failures = 1, error = 'e', finished_at = now(), "
+                 "lease_expires_at = NULL WHERE task_id = %s", (got[3],))
         sql(url, "INSERT INTO scaling_decisions (task_type, action, reason, queued, pools) "
                  "VALUES (1, 'stop', 'idle', 0, 2)")
         assert upgrade(url) == [v.version for v in migrations() if v.version >= 7]
@@ -271,3 +278,36 @@ def test_the_migration_counts_what_was_there_before(admin_url: str) -> None:
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_report_and_claim_counts_what_the_trigger_would(queue: LocalTaskQueue, db_url: str) -> None:
+    """eqflow_report_and_claim keeps its own counts (task_flow, migration 0013): across two task
+    types, latencies in several buckets and claims without reports, every figure equals what the
+    task table says: states, completions, the latency histogram and sum, the last minute."""
+    queue.submit_many("f", 1, ["a"] * 20)
+    queue.submit_many("f", 2, ["b"] * 10)
+    held = queue.claim([1, 2], n=8, pool="f")
+    # backdated submits: these tasks' latencies fall in other buckets than the fresh ones'
+    sql(db_url, "UPDATE tasks SET created_at = now() - make_interval(secs => 0.3 * task_id %% 7) "
+                "WHERE task_id = ANY(%s)", ([t.task_id for t in held[::2]],))
+    for n in (3, 0, 5, 4, 30, 0):
+        if not held:
+            held = queue.claim(2, n=1, pool="f")  # a claim alone
+        _, held = queue.report_and_claim([(t, "r") for t in held], [1, 2], n=n, pool="f")
+        assert metric_task_counts(db_url) == db_task_counts(db_url)
+    assert db_task_counts(db_url) == {(1, "complete"): 20, (2, "complete"): 10}
+    by_le = {(t, le): n for t, le, n in sql(db_url, """
+        SELECT task_type, eqflow_latency_le(extract(epoch FROM finished_at - created_at)::float8), count(*)
+        FROM tasks WHERE status = 'complete' GROUP BY 1, 2""")}
+    sums = {t: (n, s) for t, n, s in sql(db_url, """
+        SELECT task_type, count(*), sum(extract(epoch FROM finished_at - created_at)::float8)
+        FROM tasks WHERE status = 'complete' GROUP BY 1""")}
+    assert len({le for _, le in by_le}) > 1, by_le
+    with psycopg.connect(db_url) as conn:
+        fig = read_figures(conn)
+    assert {(t, le): n for t, b in fig.latency_buckets.items() for le, n in b.items() if n} == \
+        {(t, float(le)): n for (t, le), n in by_le.items()}
+    assert fig.completed == {t: n for t, (n, _) in sums.items()} == fig.throughput_1m
+    assert fig.latency_sum == pytest.approx({t: s for t, (_, s) in sums.items()})
+    assert sql(db_url, "SELECT count(*) FROM task_flow")[0][0] > 0  # the hot path counted, not the trigger
+    assert sql(db_url, "SELECT count(*) FROM task_metrics WHERE metric = 'completed'")[0][0] == 0

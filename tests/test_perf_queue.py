@@ -306,3 +306,53 @@ def test_the_listener_hears_only_channels_it_has_inboxes_for(db_url):
         assert _next_payloads(done) == ["exp|2"]
     finally:
         listener.close()
+
+
+def test_the_listener_drops_a_channel_nobody_waits_on_and_listens_again_at_once(db_url, monkeypatch):
+    """A worker kept busy does not keep listening (PostgreSQL signals every listening backend for
+    each notification): once its last inbox is closed for UNLISTEN_AFTER_S the channel is dropped,
+    and the next subscribe listens again before it returns, without waiting for the thread's turn."""
+    import time
+
+    from eqflow import notify
+
+    listener = notify.Listener(db_url)
+    heard: list[str] = []
+    route = listener._route
+    listener._route = lambda channel, payload: (heard.append(payload), route(channel, payload))  # type: ignore[method-assign]
+    try:
+        with listener.subscribe("eqflow_queued", {"7"}):
+            pass
+        time.sleep(notify.UNLISTEN_AFTER_S + 2 * notify.TURN_S)
+        sql(db_url, "SELECT pg_notify('eqflow_queued', '7')")
+        time.sleep(2 * notify.TURN_S)
+        assert heard == []  # no longer listened on
+        monkeypatch.setattr(notify, "TURN_S", 10.0)
+        time.sleep(0.5)  # the thread now sleeps up to 10 s unless woken
+        t0 = time.monotonic()
+        work = listener.subscribe("eqflow_queued", {"7"})
+        assert time.monotonic() - t0 < 2.0  # woken, not waited for
+        sql(db_url, "SELECT pg_notify('eqflow_queued', '7')")
+        assert _next_payloads(work) == ["7"]
+        work.close()
+        with listener.subscribe("eqflow_queued", {"7"}) as again:  # within the grace: still listened
+            sql(db_url, "SELECT pg_notify('eqflow_queued', '7')")
+            assert _next_payloads(again) == ["7"]
+    finally:
+        listener.close()
+
+
+def test_a_claim_that_found_work_does_not_listen(queue, db_url):
+    """claim() subscribes only when it has to wait; the waiting claim still wakes on new work."""
+    import threading
+    import time
+
+    queue.submit_many("busy", 41, ["a"] * 2)
+    assert queue.claim(41, n=1, timeout=5) and not queue._listener._subscribers
+    assert queue.claim(41, n=1, timeout=5) and not queue._listener._subscribers
+    later = threading.Timer(0.3, lambda: queue.submit("busy", 41, "b"))
+    later.start()
+    t0 = time.monotonic()
+    got = queue.claim(41, n=1, timeout=10)
+    assert [t.payload for t in got] == ["b"] and time.monotonic() - t0 < 5
+    assert not queue._listener._subscribers
