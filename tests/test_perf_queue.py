@@ -356,3 +356,28 @@ def test_a_claim_that_found_work_does_not_listen(queue, db_url):
     got = queue.claim(41, n=1, timeout=10)
     assert [t.payload for t in got] == ["b"] and time.monotonic() - t0 < 5
     assert not queue._listener._subscribers
+
+
+def test_streaming_completions_are_looked_up_together_and_a_lone_one_at_once(queue, monkeypatch):
+    """While completions stream in, as_completed looks them up at most every GATHER_S (one query
+    for several); the first completion after a quiet spell is looked up as soon as it is heard."""
+    import time
+
+    from eqflow import futures as futures_module
+
+    monkeypatch.setattr(futures_module, "GATHER_S", 1.0)
+    looked_up: list[list[int]] = []
+    finished_among = queue._finished_among
+    monkeypatch.setattr(queue, "_finished_among", lambda ids: (looked_up.append(list(ids)), finished_among(ids))[1])
+    futs = queue.submit_many("gather", 61, ["a", "b", "c"])
+    held = queue.claim(61, n=3, pool="p")
+    stream = queue.as_completed(futs, timeout=20)
+    t0 = time.monotonic()
+    threading.Timer(0.2, lambda: queue.report([(held[0], "1")])).start()
+    first = next(stream)
+    assert first.result() == "1" and time.monotonic() - t0 < 0.9  # heard and looked up at once
+    looked_up.clear()
+    queue.report([(held[1], "2")])  # two reports 0.3 s apart: two notifications
+    threading.Timer(0.3, lambda: queue.report([(held[2], "3")])).start()
+    assert sorted(f.result() for f in stream) == ["2", "3"]
+    assert len(looked_up) == 1 and sorted(looked_up[0]) == sorted(t.task_id for t in held[1:])
