@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from eqflow import validate
+from eqflow.db.arrays import IntArray
 from eqflow.db.connector import Connector
 from eqflow.db.resolve import resolve_url
 from eqflow.errors import InvalidInput, UnknownTask
@@ -328,7 +329,7 @@ class LocalTaskQueue:
     def info(self, tasks: Iterable[Any]) -> dict[int, TaskInfo]:
         """Snapshot of many tasks in one query. Raises UnknownTask for ids that do not exist."""
         ids = validate.task_ids(tasks)
-        rows = self.db.fetch_all("task_info", {"task_ids": ids})
+        rows = self.db.fetch_all("task_info", {"task_ids": IntArray(ids)})
         found = {r[0]: TaskInfo(r[0], r[1], r[2], TaskStatus(r[3]), *r[4:]) for r in rows}
         missing = set(ids) - found.keys()
         if missing:
@@ -351,7 +352,7 @@ class LocalTaskQueue:
     def _finished_among(self, task_ids: list[int]) -> list[tuple[Any, ...]]:
         if not task_ids:
             return []
-        return self.db.fetch_all("finished_among", {"task_ids": task_ids})
+        return self.db.fetch_all("finished_among", {"task_ids": IntArray(task_ids)})
 
     def set_priorities(self, tasks: Iterable[Any], priority: int | Sequence[int]) -> list[int]:
         """Reprioritize queued tasks in one statement: one value for all, or one per task.
@@ -367,10 +368,10 @@ class LocalTaskQueue:
             prios = validate.per_item(priority, len(ids), "priority", lambda v: validate.int32(v, "priority"))
             merged = dict(zip(ids, prios, strict=True))  # a repeated id takes its last priority
             rows = self.db.fetch_all("set_priorities", {
-                "task_ids": list(merged), "priorities": list(merged.values())})
+                "task_ids": IntArray(merged), "priorities": IntArray(merged.values())})
         else:
             rows = self.db.fetch_all("set_priority", {
-                "task_ids": ids, "priority": validate.int32(priority, "priority")})
+                "task_ids": IntArray(ids), "priority": validate.int32(priority, "priority")})
         return _changed_or_raise(rows)
 
     def cancel(self, tasks: Iterable[Any]) -> list[int]:
@@ -378,7 +379,7 @@ class LocalTaskQueue:
         ids = validate.task_ids(tasks)
         if not ids:
             return []
-        return _changed_or_raise(self.db.fetch_all("cancel_tasks", {"task_ids": ids}))
+        return _changed_or_raise(self.db.fetch_all("cancel_tasks", {"task_ids": IntArray(ids)}))
 
     def stats(self, exp_id: str | None = None) -> dict[int, dict[str, int]]:
         """Task counts per type and status, for one experiment or all."""
