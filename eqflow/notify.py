@@ -107,9 +107,10 @@ class Listener:
         self._ready: dict[str, threading.Event] = {}
         self._subscribers: dict[str, int] = defaultdict(int)  # channel -> inboxes open on it
         self._unused_since: dict[str, float] = {}  # channel -> when its last inbox closed
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        # wakes the thread from its wait (a subscribe to a channel not listened on, close());
+        # made with the thread, closed when it ends
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
 
     def subscribe(self, channel: str, keys: list[str] | set[str] | frozenset[str]) -> Inbox:
         if channel not in CHANNELS:
@@ -150,8 +151,10 @@ class Listener:
                     self._unused_since[channel] = time.monotonic()
 
     def _wake(self) -> None:
-        with contextlib.suppress(OSError):  # full (the thread has wake-ups pending anyway) or closed
-            self._wake_w.send(b"x")
+        wake = self._wake_w
+        if wake is not None:
+            with contextlib.suppress(OSError):  # full (the thread has wake-ups pending anyway) or closed
+                wake.send(b"x")
 
     def close(self) -> None:
         """Stop the thread and drop its connection (a later subscribe starts them again)."""
@@ -163,10 +166,26 @@ class Listener:
             self._stop.clear()
             for ready in self._ready.values():
                 ready.clear()
+            if self._wake_r is None:
+                self._wake_r, self._wake_w = socket.socketpair()
+                self._wake_r.setblocking(False)
+                self._wake_w.setblocking(False)
             self._thread = threading.Thread(target=self._run, name="eqflow-listener", daemon=True)
             self._thread.start()
 
     def _run(self) -> None:
+        wake_r = self._wake_r
+        assert wake_r is not None  # made by _ensure_thread
+        try:
+            self._serve(wake_r)
+        finally:
+            with self._lock:  # closed for good: a later subscribe makes a new pair with its thread
+                for sock in (self._wake_r, self._wake_w):
+                    if sock is not None:
+                        sock.close()
+                self._wake_r = self._wake_w = None
+
+    def _serve(self, wake_r: socket.socket) -> None:
         # Reconnects for as long as it takes, at the back-off of the process's shared Outage
         # for this database (one log line per step, shared with the connectors).
         outage = outage_for(self.url)
@@ -190,8 +209,8 @@ class Listener:
                         for note in conn.notifies(timeout=0):  # what has arrived, without waiting
                             self._route(note.channel, note.payload)
                         self._tune_channels(conn, listening)
-                        select.select([conn.fileno(), self._wake_r.fileno()], [], [], TURN_S)
-                        self._drain_wake()
+                        select.select([conn.fileno(), wake_r.fileno()], [], [], TURN_S)
+                        _drain(wake_r)
             except psycopg.Error as exc:
                 with self._lock:  # subscribers wait for the next connection's LISTEN
                     for ready in self._ready.values():
@@ -229,11 +248,6 @@ class Listener:
             listening.add(channel)
             ready.set()
 
-    def _drain_wake(self) -> None:
-        with contextlib.suppress(OSError):  # BlockingIOError: nothing (more) to read
-            while self._wake_r.recv(4096):
-                pass
-
     def _route(self, channel: str, payload: str) -> None:
         key = done_key(payload) if channel == "eqflow_done" else payload
         with self._lock:
@@ -246,6 +260,12 @@ class Listener:
             targets = {inbox for members in self._inboxes.values() for inbox in members}
         for inbox in targets:
             inbox._deliver(None)
+
+
+def _drain(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # BlockingIOError: nothing (more) to read
+        while sock.recv(4096):
+            pass
 
 
 _listeners: dict[str, Listener] = {}
