@@ -444,9 +444,8 @@ async def claim(request: Request, body: ClaimBody) -> dict[str, Any]:
     def claim_now() -> dict[str, Any]:
         return ctx.op("claim", args, body.n)
 
-    first = await ctx.in_thread(claim_now, long_poll=wait > 0)
-    if first["tasks"] or wait <= 0:
-        return first
+    if wait <= 0:
+        return await ctx.in_thread(claim_now)
     keys = {str(t) for t in body.task_types}
 
     def subscribe() -> tuple[Inbox, Callable[[], None]]:
@@ -461,15 +460,30 @@ async def _long_poll(request: Request, ctx: _Context, deadline: float,
                      subscribe: Callable[[], tuple[Inbox, Callable[[], None]]],
                      plan: Callable[[bool, list[str]], Callable[[], dict[str, Any]] | None],
                      key: str) -> dict[str, Any]:
-    """Subscribe, then: check (what ``plan`` says, given whether a full check is due and the
-    notifications that came), and sleep on the event loop until the next notification or the
-    safety-net interval, until the check finds something under ``key`` or the deadline passes."""
+    """Subscribe and check everything, in one trip to a worker thread (nothing sent before the
+    check is missed; found at once, the request is answered). Then: check what ``plan`` says,
+    given whether a full check is due and the notifications that came, and sleep on the event
+    loop until the next notification or the safety-net interval, until the check finds
+    something under ``key`` or the deadline passes."""
+
+    def subscribe_and_check() -> tuple[Inbox, Callable[[], None], dict[str, Any]]:
+        inbox, close = subscribe()  # may wait for the listener to connect
+        try:
+            work = plan(True, [])
+            assert work is not None  # a full check always has work
+            return inbox, close, work()
+        except BaseException:
+            close()
+            raise
+
     ctx.long_polls += 1
     try:
-        inbox, close = await ctx.in_thread(subscribe, long_poll=True)  # may wait for the listener to connect
+        inbox, close, out = await ctx.in_thread(subscribe_and_check, long_poll=True)
         waiter = _Waiter(inbox, close)
         try:
-            full = True  # the first check after subscribing: nothing sent before it is missed
+            if out[key]:
+                return out
+            full = False  # checked just now; what was sent since is in the inbox
             while True:
                 payloads, resync, _ = waiter.take()
                 work = plan(full or resync, payloads)
@@ -551,9 +565,8 @@ async def completions(request: Request, body: CompletionsBody) -> dict[str, Any]
     def finished_among(ids: list[int]) -> Callable[[], dict[str, Any]]:
         return lambda: ctx.op("wait_finished", {**args, "task_ids": ids}, len(ids))
 
-    first = await ctx.in_thread(finished_among(body.task_ids), long_poll=wait > 0)
-    if first["finished"] or wait <= 0 or not body.task_ids:
-        return first
+    if wait <= 0 or not body.task_ids:
+        return await ctx.in_thread(finished_among(body.task_ids))
     wanted = set(body.task_ids)
 
     def subscribe() -> tuple[Inbox, Callable[[], None]]:
