@@ -6,7 +6,7 @@ import threading
 
 from eqflow import TaskStatus
 from eqflow.queue import LocalTaskQueue
-from tests.conftest import sql
+from tests.conftest import sql, wait_for
 
 
 def test_report_and_claim_reports_then_claims_in_priority_order(queue):
@@ -323,7 +323,8 @@ def test_the_listener_drops_a_channel_nobody_waits_on_and_listens_again_at_once(
     try:
         with listener.subscribe("eqflow_queued", {"7"}):
             pass
-        time.sleep(notify.UNLISTEN_AFTER_S + 2 * notify.TURN_S)
+        assert wait_for(lambda: not listener._ready["eqflow_queued"].is_set(), timeout=30)  # dropped
+        time.sleep(2 * notify.TURN_S)  # the UNLISTEN follows the decision
         sql(db_url, "SELECT pg_notify('eqflow_queued', '7')")
         time.sleep(2 * notify.TURN_S)
         assert heard == []  # no longer listened on
