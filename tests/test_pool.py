@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import psycopg
 import pytest
 
 from eqflow import StopMode, TaskStatus, as_completed
@@ -120,6 +121,38 @@ def test_stop_requests_drain_or_now(queue, db_url):
     assert pool.wait(timeout=30) == 0
     statuses = [f.status for f in more]
     assert statuses.count(TaskStatus.QUEUED) >= 8 and TaskStatus.RUNNING not in statuses
+
+
+def test_workers_idle_while_a_report_is_held_up_get_tasks_claimed_beside_it(queue, db_url):
+    """A report (and the claim that rides with it) that takes long does not leave the workers
+    idle: the pool claims on another connection meanwhile. The report is held up here by a lock
+    on the rows it reports; the claim skips locked rows, so only a claim beside it can run."""
+    first = queue.submit_many("p", 21, [json.dumps({"seconds": 0.4})] * 4, priority=10)
+    later = queue.submit_many("p", 21, [json.dumps({"seconds": 0})] * 8)
+    pool = start_pool(db_url, "--types", "21", "--fn", "eqflow.workers.tasks:sleep", "--workers", "1",
+                      "--batch-size", "4", "--idle-exit", "2", "--lease", "120")
+    first_ids = [f.task_id for f in first]
+    later_ids = [f.task_id for f in later]
+    running = "SELECT count(*) FROM tasks WHERE task_id = ANY(%s) AND status = 'running'"
+    try:
+        assert wait_for(lambda: sql(db_url, running, (first_ids,)) == [(4,)], timeout=30)
+        # the pool's heartbeat right after its first claim (the next is 30 s away) would wait on
+        # the lock below: let it pass first
+        beat_after_claim = "SELECT bool_and(p.heartbeat_at > t.started_at) FROM pools p, tasks t " \
+                           "WHERE t.task_id = ANY(%s)"
+        assert wait_for(lambda: sql(db_url, beat_after_claim, (first_ids,)) == [(True,)], timeout=30)
+        with psycopg.connect(db_url) as blocker:  # holds the first four until the block ends
+            blocker.execute("SELECT 1 FROM tasks WHERE task_id = ANY(%s) FOR SHARE", (first_ids,))
+            # the report of the first task waits; its claim holds one later task, the claim
+            # beside it takes the rest of the batch and runs them
+            assert wait_for(lambda: sql(db_url, running, (later_ids,))[0][0] >= 3, timeout=30)
+            assert sql(db_url, "SELECT count(*) FROM tasks WHERE status = 'complete'") == [(0,)]
+        assert len(list(as_completed(first + later, timeout=60))) == 12
+        assert all(f.status is TaskStatus.COMPLETE for f in first + later)
+        assert sql(db_url, "SELECT DISTINCT attempts FROM tasks WHERE task_type = 21") == [(1,)]
+        assert pool.wait(timeout=30) == 0
+    finally:
+        pool.kill()
 
 
 def test_threads_mode(queue, db_url):

@@ -92,7 +92,11 @@ class Pool:
         self._inflight: cf.Future[list[ClaimedTask]] | None = None
         self._inflight_want = 0
         self._inflight_tasks: list[ClaimedTask] = []
-        self._wake_r, self._wake_w = os.pipe()  # a report coming back wakes the loop's wait
+        # A claim on a connection of its own while a report is in flight (see _claim_ahead).
+        self._claimer = cf.ThreadPoolExecutor(1, thread_name_prefix="eqflow-claim")
+        self._ahead: cf.Future[list[ClaimedTask]] | None = None
+        self._ahead_want = 0
+        self._wake_r, self._wake_w = os.pipe()  # a report or claim coming back wakes the loop's wait
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
 
@@ -129,23 +133,18 @@ class Pool:
                 if self._stop_mode is StopMode.NOW:
                     break
                 self._reap(runner)
-                in_hand = len(self.waiting) + runner.running
-                want = cfg.batch_size - in_hand
-                starved = self._starved_since
-                news = starved is None or work_inbox.wait(0)[2] or time.monotonic() - starved > cfg.heartbeat_s
-                if want >= cfg.threshold and news and self._inflight is None:
-                    # (a report in flight claims for the slots it frees: see _send)
-                    wait_s = 0.0 if in_hand else min(cfg.heartbeat_s, 1.0)
-                    self._took(self._claim(want, wait_s), want)
+                news = self._top_up(runner, work_inbox)
                 self._dispatch(runner)
-                if not self.waiting and not runner.running and self._inflight is None and not self._unreported:
+                if not self.waiting and not runner.running and self._inflight is None and self._ahead is None \
+                        and not self._unreported:
                     if self._stop_mode is StopMode.DRAIN and self._starved_since is not None:
                         break
                     if cfg.idle_exit_s is not None and time.monotonic() - self._idle_since > cfg.idle_exit_s:
                         break
                     self._rest(work_inbox, news)
                     continue
-                self._unreported.extend(runner.collect(0.05, self._wake_r if self._inflight else None))
+                waiting_on_db = self._inflight is not None or self._ahead is not None
+                self._unreported.extend(runner.collect(0.05, self._wake_r if waiting_on_db else None))
                 self.waiting.extendleft(reversed(runner.take_unstarted()))
                 self._dispatch(runner)  # keep workers busy while the results are reported
                 self._reap(runner)
@@ -166,6 +165,22 @@ class Pool:
             stop_inbox.close()
         return self.completed
 
+    def _top_up(self, runner: _Runner, work_inbox: Inbox) -> bool:
+        """Claim when there is room for at least ``threshold`` tasks; returns whether there may be
+        work (no short claim since the last news of new tasks)."""
+        cfg = self.cfg
+        in_hand = len(self.waiting) + runner.running
+        want = cfg.batch_size - in_hand - self._coming()
+        starved = self._starved_since
+        news = starved is None or work_inbox.wait(0)[2] or time.monotonic() - starved > cfg.heartbeat_s
+        if want >= cfg.threshold and news and self._ahead is None:
+            if self._inflight is None:  # (a report in flight claims for the slots it frees: see _send)
+                wait_s = 0.0 if in_hand else min(cfg.heartbeat_s, 1.0)
+                self._took(self._claim(want, wait_s), want)
+            elif runner.idle and not self.waiting:
+                self._claim_ahead(want)
+        return bool(news)
+
     def _send(self, runner: _Runner) -> None:
         """Hand the finished tasks' outcomes to the reporting thread: one statement reports them
         and, with room in hand, claims the next tasks (one commit per batch at steady state
@@ -173,24 +188,46 @@ class Pool:
         before the report is back goes in the next one, so reports grow with the database's
         latency instead of stalling the workers."""
         due, self._unreported = self._unreported, []
-        want = self.cfg.batch_size - len(self.waiting) - runner.running
+        want = self.cfg.batch_size - len(self.waiting) - runner.running - self._coming()
         self._inflight_want = want if want >= self.cfg.threshold and any(ok for _, ok, _ in due) else 0
         self._inflight_tasks = [task for task, _, _ in due]
         self._inflight = self._reporter.submit(self._report, due, self._inflight_want)
-        self._inflight.add_done_callback(lambda _: os.write(self._wake_w, b"."))
+        self._inflight.add_done_callback(self._wake)
+
+    def _claim_ahead(self, want: int) -> None:
+        """Workers idle while a report (and the claim that comes with it) is in flight: claim
+        more now, on another connection, instead of waiting for it. With short tasks a report of
+        a few hundred takes longer than the workers need for what they hold; the two statements
+        run side by side in the database."""
+        self._ahead_want = want
+        self._ahead = self._claimer.submit(self._claim, want, 0.0)
+        self._ahead.add_done_callback(self._wake)
+
+    def _wake(self, _: object) -> None:
+        os.write(self._wake_w, b".")
+
+    def _coming(self) -> int:
+        """Tasks asked for by the statements in flight (they count against the batch)."""
+        return (self._inflight_want if self._inflight is not None else 0) + \
+            (self._ahead_want if self._ahead is not None else 0)
 
     def _reap(self, runner: _Runner) -> None:
-        """A report that is back: the tasks it claimed join the waiting line."""
-        if self._inflight is None or not self._inflight.done():
+        """A report or claim that is back: the tasks it claimed join the waiting line."""
+        report = self._inflight if self._inflight is not None and self._inflight.done() else None
+        ahead = self._ahead if self._ahead is not None and self._ahead.done() else None
+        if report is None and ahead is None:
             return
-        done, self._inflight = self._inflight, None
-        self._inflight_tasks = []
         with contextlib.suppress(BlockingIOError):
             os.read(self._wake_r, 4096)
-        claimed = done.result()  # its DatabaseUnavailable, if any, is the loop's
-        if self._inflight_want:
-            self._took(claimed, self._inflight_want)
-            self._dispatch(runner)
+        if report is not None:
+            self._inflight, self._inflight_tasks = None, []
+            claimed = report.result()  # its DatabaseUnavailable, if any, is the loop's
+            if self._inflight_want:
+                self._took(claimed, self._inflight_want)
+        if ahead is not None:
+            self._ahead = None
+            self._took(ahead.result(), self._ahead_want)
+        self._dispatch(runner)
 
     def _took(self, claimed: list[ClaimedTask], want: int) -> None:
         """Tasks just claimed (asked for ``want``): into the waiting line; a short claim means
@@ -288,7 +325,12 @@ class Pool:
             except Exception as exc:  # its tasks' leases run out and they are rescued
                 log.warning("last report failed", extra={"pool": self.pool_name, "error": str(exc)})
             self._inflight = None
+        if self._ahead is not None:  # a claim in flight: its tasks are returned below
+            with contextlib.suppress(Exception):  # (failed: their leases run out)
+                self.waiting.extend(self._take_stop_messages(self._ahead.result()))
+            self._ahead = None
         self._reporter.shutdown(wait=True)
+        self._claimer.shutdown(wait=True)
         os.close(self._wake_r)
         os.close(self._wake_w)
         # Busy workers are killed here; what they finished before is reported, not rerun, and
@@ -318,6 +360,8 @@ class Pool:
 class _Runner(Protocol):
     @property
     def running(self) -> int: ...  # tasks handed to workers (running or queued in one)
+    @property
+    def idle(self) -> int: ...  # workers with nothing to do
     def dispatch(self, waiting: deque[ClaimedTask]) -> None: ...  # takes what it has room for
     def collect(self, timeout: float, wake: int | None = None) -> list[_Outcome]: ...
     def stop(self) -> list[_Outcome]: ...  # kill busy workers: what they finished
@@ -354,6 +398,10 @@ class _ProcessRunner:
     @property
     def running(self) -> int:
         return sum(len(s.tasks) for s in self.slots)
+
+    @property
+    def idle(self) -> int:
+        return sum(not s.busy for s in self.slots)
 
     def depth(self) -> int:
         """How many tasks a worker may hold (1: the running one only)."""
@@ -458,6 +506,10 @@ class _ThreadRunner:
     @property
     def running(self) -> int:
         return len(self.futures)
+
+    @property
+    def idle(self) -> int:
+        return self.cfg.n_workers - len(self.futures)
 
     def dispatch(self, waiting: deque[ClaimedTask]) -> None:
         while waiting and len(self.futures) < self.cfg.n_workers:

@@ -12,7 +12,8 @@ from eqflow.queue import LocalTaskQueue
 from eqflow.workers.launchers import JobState, LocalLauncher, PoolSpec, wait
 from eqflow.workers.tasks import sleep
 
-RAW_BATCH = 100  # the raw loop's batch (eqflow bench queue)
+RAW_BATCH = 100  # what each process of the raw loop holds (eqflow bench queue)
+BIG_N = 10_000  # tasks for the runs beside the raw loop (5,000 take it a quarter of a second)
 
 
 def _one(queue: LocalTaskQueue, task_type: int, workers: int, seconds: float, n: int, batch: int,
@@ -70,19 +71,28 @@ def run(url: str | None = None, progress: Any = None) -> dict[str, Any]:
                          "efficiency": round(rate / ideal, 2) if ideal else None,
                          # against what the task itself takes here (a 10 ms sleep oversleeps)
                          "efficiency_vs_task_alone": round(rate * own_s / workers, 2) if seconds else None})
-        # The pool with the raw loop's own batch (100 in hand, 25 per worker), then the raw
-        # claim/report loop of `eqflow bench queue` (4 processes, batch 100), same run.
-        task_type += 1
-        say(f"noop x 4 workers, batch {RAW_BATCH} (the raw loop's), prefetch on")
-        matched = _one(queue, task_type, 4, 0.0, 5000, RAW_BATCH, True)
-        rows.append({"task": "noop", "workers": 4, "batch": RAW_BATCH, "prefetch": True, "tasks": 5000,
-                     "tasks_per_s": round(matched), "ideal_tasks_per_s": None, "efficiency": None})
-        say(f"raw claim/report loop x 4 processes, batch {RAW_BATCH}")
-        raw = bench_end_to_end(queue, 5000, 4, RAW_BATCH, task_type=task_type + 1)
+        # The pool beside the raw claim/report loop of `eqflow bench queue` (4 processes, each
+        # holding up to RAW_BATCH), same run: with 25 per worker, then with the raw loop's 100
+        # per worker (the same number of tasks in hand as the raw loop).
+        say(f"raw claim/report loop x 4 processes, batch {RAW_BATCH} each")
+        raw = [bench_end_to_end(queue, BIG_N, 4, RAW_BATCH, task_type=task_type + 1)]
+        for batch in (RAW_BATCH, 4 * RAW_BATCH):
+            task_type += 2
+            say(f"noop x 4 workers, batch {batch}, prefetch on")
+            rate = _one(queue, task_type, 4, 0.0, BIG_N, batch, True)
+            rows.append({"task": "noop", "workers": 4, "batch": batch, "prefetch": True, "tasks": BIG_N,
+                         "tasks_per_s": round(rate), "ideal_tasks_per_s": None, "efficiency": None})
+        say("raw claim/report loop again (the figures below use the mean of both runs)")
+        raw.append(bench_end_to_end(queue, BIG_N, 4, RAW_BATCH, task_type=task_type + 2))
     finally:
         queue.close()
-    pool4 = float(next(r["tasks_per_s"] or 0 for r in rows
-                       if r["task"] == "noop" and r["workers"] == 4 and r["prefetch"]))
-    return {"pool": rows, "task_10ms_alone_ms": round(own_s * 1e3, 2), "raw_loop_tasks_per_s": round(raw),
-            "noop_4_workers_over_raw": round(pool4 / raw, 2),
-            "noop_4_workers_same_batch_over_raw": round(matched / raw, 2)}
+    raw_rate = sum(raw) / len(raw)
+
+    def noop4(batch: int) -> float:
+        return float(next(r["tasks_per_s"] for r in rows if r["task"] == "noop" and r["workers"] == 4
+                          and r["prefetch"] and r["batch"] == batch))
+
+    return {"pool": rows, "task_10ms_alone_ms": round(own_s * 1e3, 2), "raw_loop_tasks_per_s": [round(r) for r in raw],
+            "noop_4_workers_over_raw": round(noop4(32) / raw_rate, 2),
+            "noop_4_workers_batch_100_over_raw": round(noop4(RAW_BATCH) / raw_rate, 2),
+            "noop_4_workers_same_in_hand_over_raw": round(noop4(4 * RAW_BATCH) / raw_rate, 2)}
