@@ -146,6 +146,10 @@ def test_workers_idle_while_a_report_is_held_up_get_tasks_claimed_beside_it(queu
             # the report of the first task waits; its claim holds one later task, the claim
             # beside it takes the rest of the batch and runs them
             assert wait_for(lambda: sql(db_url, running, (later_ids,))[0][0] >= 3, timeout=30)
+            # then it stops: 3 finished and 1 more wait for the report, 1 comes with it, 3 ran
+            # beside it: 8, twice the batch (finished tasks are still the pool's until reported)
+            time.sleep(1.0)
+            assert sql(db_url, running, (later_ids,)) == [(3,)]
             assert sql(db_url, "SELECT count(*) FROM tasks WHERE status = 'complete'") == [(0,)]
         assert len(list(as_completed(first + later, timeout=60))) == 12
         assert all(f.status is TaskStatus.COMPLETE for f in first + later)

@@ -178,7 +178,12 @@ class Pool:
                 wait_s = 0.0 if in_hand else min(cfg.heartbeat_s, 1.0)
                 self._took(self._claim(want, wait_s), want)
             elif runner.idle and not self.waiting:
-                self._claim_ahead(want)
+                # Finished tasks wait for the report in flight or the next: with those, the pool
+                # holds at most twice its batch, as when it claims only with its reports.
+                owned = in_hand + len(self._unreported) + len(self._inflight_tasks) + self._coming()
+                want = min(want, 2 * cfg.batch_size - owned)
+                if want >= cfg.threshold:
+                    self._claim_ahead(want)
         return bool(news)
 
     def _send(self, runner: _Runner) -> None:
