@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 
 import eqflow
 from eqflow.db.embedded import EmbeddedPostgres
@@ -100,10 +102,26 @@ def _service(args: argparse.Namespace) -> int:
         cfg.port = args.port
     if args.db_url:
         cfg.db_url = args.db_url
-    app = create_app(cfg)
-    print(f"eqflow service {eqflow.__version__} listening on http://{cfg.host}:{cfg.port} "
+    app = create_app(cfg)  # checks the config (tokens, say) before anything listens
+    processes = f", {cfg.workers} processes" if cfg.workers > 1 else ""
+    print(f"eqflow service {eqflow.__version__} listening on http://{cfg.host}:{cfg.port}{processes} "
           f"(docs /docs, health /health; Ctrl-C stops it)", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    if cfg.workers == 1:
+        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+        return 0
+    # Each process builds its own app from the config file named in $EQFLOW_SERVICE_CONFIG: the
+    # config as given here (command-line overrides included), in a file only this user can read.
+    import yaml
+
+    fd, path = tempfile.mkstemp(prefix="eqflow-service-", suffix=".yaml")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            yaml.safe_dump({"service": cfg.model_dump()}, handle)
+        os.environ["EQFLOW_SERVICE_CONFIG"] = path
+        uvicorn.run("eqflow.service.app:create_app", factory=True, workers=cfg.workers, host=cfg.host,
+                    port=cfg.port, log_level="warning")
+    finally:
+        os.unlink(path)
     return 0
 
 

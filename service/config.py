@@ -23,7 +23,10 @@ class ServiceConfig(BaseModel):
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body")
     max_batch: int = Field(50_000, ge=1, description="most tasks or ids in one request")
     max_payload_bytes: int = Field(16 * 1024 * 1024, ge=1)
-    pool_size: int = Field(16, ge=1, description="database connections held by the service")
+    pool_size: int = Field(16, ge=1, description="database connections held by the service (by each of its "
+                                                 "processes)")
+    workers: int = Field(1, ge=1, le=64, description="service processes (uvicorn workers), sharing the port: "
+                                                     "one per core serves more requests at once")
     body_timeout_s: float = Field(30.0, gt=0, le=3600,
                                   description="a request body that stalls this long between reads is dropped (408)")
     long_poll_threads: int = Field(8, ge=1, le=256,

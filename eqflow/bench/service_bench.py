@@ -31,11 +31,12 @@ from eqflow.queue import LocalTaskQueue
 from eqflow.service_queue import ServiceTaskQueue
 
 
-def _start_service(db_url: str, token: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+def _start_service(db_url: str, token: str, processes: int = 1) -> tuple[subprocess.Popen[bytes], str, Path]:
     folder = Path(tempfile.mkdtemp(prefix="eqflow-bench-svc-"))
     port = free_port()
     cfg = folder / "service.yaml"
-    cfg.write_text(yaml.safe_dump({"service": {"db_url": db_url, "port": port, "tokens": [token]}}))
+    cfg.write_text(yaml.safe_dump({"service": {"db_url": db_url, "port": port, "tokens": [token],
+                                               "workers": processes}}))
     os.chmod(cfg, 0o600)
     proc = subprocess.Popen([sys.executable, "-m", "eqflow.cli", "service", "start", "--cfg", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -52,33 +53,46 @@ def _start_service(db_url: str, token: str) -> tuple[subprocess.Popen[bytes], st
 
 
 def run(url: str | None = None, *, n_e2e: int = 20_000, workers: int = 4, batch: int = 100,
-        latency_rounds: int = 200, progress: Any = None) -> dict[str, Any]:
+        latency_rounds: int = 200, processes: int | None = None, progress: Any = None) -> dict[str, Any]:
+    """The service with ``processes`` uvicorn workers (default: one per core) and, for comparison,
+    with one; the end-to-end figures straight to PostgreSQL are taken before each."""
     say = progress or (lambda msg: None)
+    processes = processes or os.cpu_count() or 1
     db_url = bench_database(url)
     token = secrets.token_urlsafe(16)
-    proc, service_url, cfg = _start_service(db_url, token)
     local = LocalTaskQueue(db_url, migrate=False)
-    remote = ServiceTaskQueue(service_url, token)
+    e2e: dict[str, float] = {}
     try:
-        say("end to end, local")
-        e2e_local = bench_end_to_end(local, n_e2e, workers, batch, task_type=10)
-        say("end to end, service")
-        e2e_service = bench_end_to_end(remote, n_e2e, workers, batch, target=(service_url, token), task_type=11)
-        say("latency, local")
-        p50_local, p95_local = bench_latency(local, latency_rounds, task_type=30)
-        say("latency, service")
-        p50_service, p95_service = bench_latency(remote, latency_rounds, target=(service_url, token), task_type=31)
+        for n in sorted({1, processes}):
+            proc, service_url, cfg = _start_service(db_url, token, n)
+            remote = ServiceTaskQueue(service_url, token)
+            label = "service" if n == processes else "service_1_process"
+            try:
+                say("end to end, local")
+                e2e[f"local_before_{label}"] = bench_end_to_end(local, n_e2e, workers, batch, task_type=10)
+                say(f"end to end, service ({n} processes)")
+                e2e[label] = bench_end_to_end(remote, n_e2e, workers, batch, target=(service_url, token),
+                                              task_type=11)
+                if n == processes:
+                    say("latency, local")
+                    p50_local, p95_local = bench_latency(local, latency_rounds, task_type=30)
+                    say(f"latency, service ({n} processes)")
+                    p50_service, p95_service = bench_latency(remote, latency_rounds, target=(service_url, token),
+                                                             task_type=31)
+            finally:
+                remote.close()
+                proc.terminate()
+                proc.wait(timeout=10)
+                cfg.unlink(missing_ok=True)
     finally:
-        remote.close()
         local.close()
-        proc.terminate()
-        proc.wait(timeout=10)
-        cfg.unlink(missing_ok=True)
     return {
-        "end_to_end_tasks_per_s": {"local": round(e2e_local), "service": round(e2e_service)},
+        "end_to_end_tasks_per_s": {k: round(v) for k, v in e2e.items()},
+        "end_to_end_service_over_local": round(e2e["service"] / e2e["local_before_service"], 2),
         "latency_p50_ms": {"local": round(p50_local, 2), "service": round(p50_service, 2)},
         "latency_p95_ms": {"local": round(p95_local, 2), "service": round(p95_service, 2)},
-        "tasks": n_e2e, "workers": workers, "claim_batch": batch,
+        "latency_p50_service_over_local": round(p50_service / p50_local, 2),
+        "tasks": n_e2e, "workers": workers, "claim_batch": batch, "service_processes": processes,
     }
 
 
