@@ -106,8 +106,8 @@ class LocalTaskQueue:
         idem_key = validate.idempotency_key(idempotency_key)
         # Everything is checked above: from here on a failure is the database's, not the input's.
         self._ensure_experiment(exp_id)
-        params = {"exp_id": exp_id, "task_type": task_type, "payloads": checked, "priorities": priorities,
-                  "tags": tags, "max_attempts": attempts}
+        params = {"exp_id": exp_id, "task_type": task_type, "payloads": checked,
+                  "priorities": IntArray(priorities), "tags": tags, "max_attempts": attempts}
         uniform = not isinstance(priority, (list, tuple)) and not isinstance(tag, (list, tuple))
         if idempotency_key is None and uniform:
             rows = self.db.fetch_all("submit_tasks_uniform", {
@@ -233,8 +233,8 @@ class LocalTaskQueue:
             return set()
         ids, claims = validate.held((task for task, _ in pairs), "report")
         texts = [validate.text(result, "result", self.max_payload_bytes) for _, result in pairs]
-        rows = self.db.fetch_all("report_results", {"task_ids": ids, "claim_ids": claims, "results": texts},
-                                 then=ANNOUNCE)
+        rows = self.db.fetch_all("report_results", {"task_ids": IntArray(ids), "claim_ids": IntArray(claims),
+                                                    "results": texts}, then=ANNOUNCE)
         accepted = {r[0] for r in rows}
         if len(accepted) < len(set(ids)):
             log.warning("reports rejected: lease no longer held",
@@ -260,8 +260,8 @@ class LocalTaskQueue:
             return set(), (self._claim_now(types, n, pool, lease) if n else [])
         ids, claims = validate.held((task for task, _ in pairs), "report_and_claim")
         texts = [validate.text(result, "result", self.max_payload_bytes) for _, result in pairs]
-        params: dict[str, Any] = {"task_ids": ids, "claim_ids": claims, "results": texts, "n": n, "pool": pool,
-                                  "lease_s": lease}
+        params: dict[str, Any] = {"task_ids": IntArray(ids), "claim_ids": IntArray(claims), "results": texts,
+                                  "n": n, "pool": pool, "lease_s": lease}
         params["task_types"] = list(types)
         rows = self.db.fetch_all("report_and_claim", params, then=ANNOUNCE)
         accepted = {r[1] for r in rows if not r[0]}
@@ -286,7 +286,7 @@ class LocalTaskQueue:
         ids, claims = validate.held((task for task, _ in pairs), "report_failure")
         errors = [validate.text(e, "error", self.max_payload_bytes) for _, e in pairs]
         rows = self.db.fetch_all("report_failures", {
-            "task_ids": ids, "claim_ids": claims, "errors": errors, "retry": [retry] * len(ids)})
+            "task_ids": IntArray(ids), "claim_ids": IntArray(claims), "errors": errors, "retry": [retry] * len(ids)})
         return {tid: TaskStatus(status) for tid, status in rows}
 
     def release(self, tasks: Iterable[ClaimedTask], *, unstarted: bool = False) -> set[int]:
@@ -296,7 +296,7 @@ class LocalTaskQueue:
         if not ids:
             return set()
         rows = self.db.fetch_all("release_tasks", {
-            "task_ids": ids, "claim_ids": claims,
+            "task_ids": IntArray(ids), "claim_ids": IntArray(claims),
             "unstarted": bool(unstarted)})
         return {r[0] for r in rows}
 
@@ -306,7 +306,8 @@ class LocalTaskQueue:
         ids, claims = validate.held(tasks, "extend_leases")
         if not ids:
             return set()
-        rows = self.db.fetch_all("extend_leases", {"task_ids": ids, "claim_ids": claims, "lease_s": lease})
+        rows = self.db.fetch_all("extend_leases", {"task_ids": IntArray(ids), "claim_ids": IntArray(claims),
+                                                   "lease_s": lease})
         return {r[0] for r in rows}
 
     def rescue_expired(self) -> dict[int, TaskStatus]:

@@ -12,7 +12,7 @@ SELECT exp_id, created_at, config, status FROM experiments WHERE exp_id = %(exp_
 -- name: submit_tasks
 INSERT INTO tasks (exp_id, task_type, payload, priority, tag, max_attempts)
 SELECT %(exp_id)s, %(task_type)s, p.payload, p.priority, p.tag, %(max_attempts)s
-FROM unnest(%(payloads)s::text[], %(priorities)s::integer[], %(tags)s::text[])
+FROM unnest(%(payloads)b::text[], %(priorities)s::integer[], %(tags)b::text[])
      WITH ORDINALITY AS p(payload, priority, tag, ord)
 ORDER BY p.ord
 RETURNING task_id;
@@ -21,7 +21,7 @@ RETURNING task_id;
 -- submit_tasks when every task has the same priority and tag: one array to ship, not three.
 INSERT INTO tasks (exp_id, task_type, payload, priority, tag, max_attempts)
 SELECT %(exp_id)s, %(task_type)s, p.payload, %(priority)s, %(tag)s, %(max_attempts)s
-FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS p(payload, ord)
+FROM unnest(%(payloads)b::text[]) WITH ORDINALITY AS p(payload, ord)
 ORDER BY p.ord
 RETURNING task_id;
 
@@ -39,7 +39,7 @@ WHERE claimed;
 -- report_and_claim (migration 0012) with nothing to claim. The accepted tasks are announced by
 -- notify_done, which the caller runs right after this has committed (migration 0010).
 SELECT task_id, exp_id
-FROM eqflow_report_and_claim(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(results)s::text[],
+FROM eqflow_report_and_claim(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(results)b::text[],
                              '{}'::integer[], 0, '', 0)
 WHERE NOT claimed;
 
@@ -62,7 +62,7 @@ SELECT set_config('synchronous_commit', 'off', true), n, set_config('eqflow.done
 -- reported rows are 'running' and the claimed ones 'queued', so the two updates never touch the
 -- same row. The first column tells the accepted reports (false: task_id, exp_id) from the claimed
 -- tasks (true). As report_results, the caller sends notify_done after the commit.
-SELECT * FROM eqflow_report_and_claim(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(results)s::text[],
+SELECT * FROM eqflow_report_and_claim(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(results)b::text[],
                                       %(task_types)s::integer[], %(n)s, %(pool)s, %(lease_s)s);
 
 -- name: report_failures
@@ -74,7 +74,7 @@ SET status = CASE WHEN r.retry AND t.failures + 1 < t.max_attempts
     error = r.error, failures = t.failures + 1,
     finished_at = CASE WHEN r.retry AND t.failures + 1 < t.max_attempts THEN NULL ELSE now() END,
     lease_expires_at = NULL
-FROM unnest(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(errors)s::text[], %(retry)s::boolean[])
+FROM unnest(%(task_ids)s::bigint[], %(claim_ids)s::bigint[], %(errors)b::text[], %(retry)s::boolean[])
      AS r(task_id, claim_id, error, retry)
 WHERE t.task_id = r.task_id AND t.status = 'running'
   AND (r.claim_id IS NULL OR t.claim_id = r.claim_id)
@@ -222,7 +222,7 @@ RETURNING pool_id;
 
 -- name: pool_running_counts
 SELECT pool, count(*) FROM tasks
-WHERE status = 'running' AND pool = ANY(%(pools)s::text[])
+WHERE status = 'running' AND pool = ANY(%(pools)b::text[])
 GROUP BY pool;
 
 -- name: record_decision
@@ -241,7 +241,7 @@ WITH fresh AS (
 ins AS (
     INSERT INTO tasks (exp_id, task_type, payload, priority, tag, max_attempts)
     SELECT %(exp_id)s, %(task_type)s, p.payload, p.priority, p.tag, %(max_attempts)s
-    FROM unnest(%(payloads)s::text[], %(priorities)s::integer[], %(tags)s::text[])
+    FROM unnest(%(payloads)b::text[], %(priorities)s::integer[], %(tags)b::text[])
          WITH ORDINALITY AS p(payload, priority, tag, ord)
     WHERE (SELECT ok FROM fresh)
     ORDER BY p.ord
@@ -276,7 +276,7 @@ ON CONFLICT (exp_id) DO UPDATE SET status = EXCLUDED.status;
 WITH ins AS (
     INSERT INTO tasks (exp_id, task_type, payload, priority, tag, max_attempts)
     SELECT %(exp_id)s, %(task_type)s, p.payload, %(priority)s, %(tag)s, %(max_attempts)s
-    FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS p(payload, ord)
+    FROM unnest(%(payloads)b::text[]) WITH ORDINALITY AS p(payload, ord)
     ORDER BY p.ord
     RETURNING task_id),
 unread AS (
@@ -421,7 +421,7 @@ FROM scaling_decisions ORDER BY at DESC LIMIT %(limit)s;
 -- The experiment's newest events of the given kinds (experiment_events_exp_idx, read backwards).
 SELECT event_id, extract(epoch FROM at)::float8, kind, data
 FROM experiment_events
-WHERE exp_id = %(exp_id)s AND kind = ANY(%(kinds)s::text[])
+WHERE exp_id = %(exp_id)s AND kind = ANY(%(kinds)b::text[])
 ORDER BY event_id DESC LIMIT %(limit)s;
 
 -- Metrics (/metrics, `eqflow status`): O(1) whatever the size of tasks. The task figures are

@@ -4,6 +4,10 @@ psycopg dumps a Python list element by element in Python (about 0.8 us per eleme
 look-up of 10,000 task ids spent 8 ms building its parameter, against 2 ms for the same
 round trip with the array written as one string. ``IntArray`` is a list that psycopg sends as
 that string; the statements cast it (``%(task_ids)s::bigint[]``), as they do a list.
+
+Text arrays take the other road: the statements ask for them in binary (``%(payloads)b``),
+which psycopg dumps in C. In text format every element is quoted and escaped in Python:
+140 ms for 20,000 payloads, against 7 ms in binary.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import psycopg
 from psycopg.adapt import Dumper
 
 
-class IntArray(list[int]):
-    """Integers for an int4[] or int8[] parameter (the statement's cast decides which)."""
+class IntArray(list[int | None]):
+    """Integers (or None, sent as NULL) for an int4[] or int8[] parameter (the statement's cast
+    decides which)."""
 
 
 class _IntArrayDumper(Dumper):
@@ -21,7 +26,9 @@ class _IntArrayDumper(Dumper):
 
     def dump(self, obj: IntArray) -> bytes:
         # int() keeps the literal to digits and signs whatever the list was given
-        return ("{" + ",".join(map(str, map(int, obj))) + "}").encode()
+        if None in obj:
+            return ("{" + ",".join("NULL" if v is None else str(int(v)) for v in obj) + "}").encode()
+        return ("{" + ",".join(map(str, map(int, obj))) + "}").encode()  # type: ignore[arg-type]
 
 
 psycopg.adapters.register_dumper(IntArray, _IntArrayDumper)
