@@ -1,5 +1,6 @@
 -- Every statement eqflow runs against its database, one named block each.
--- Blocks start with "-- name: <name>" and take %(param)s parameters (psycopg style).
+-- Blocks start with "-- name: <name>" and take %(param)s parameters (psycopg style); text arrays
+-- are %(param)b, sent in binary (eqflow/db/arrays.py says why).
 
 -- name: upsert_experiment
 INSERT INTO experiments (exp_id, config)
