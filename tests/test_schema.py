@@ -46,7 +46,7 @@ def test_every_named_query_prepares(db_url):
 
 
 def _positional(text: str) -> str:
-    """Turn %(name)s placeholders into $n for PREPARE."""
+    """Turn %(name)s placeholders (and %(name)b, binary) into $n for PREPARE."""
     import re
 
     names: list[str] = []
@@ -56,7 +56,7 @@ def _positional(text: str) -> str:
             names.append(match.group(1))
         return f"${names.index(match.group(1)) + 1}"
 
-    return re.sub(r"%\((\w+)\)s", repl, text).replace("%%", "%")
+    return re.sub(r"%\((\w+)\)[sbt]", repl, text).replace("%%", "%")
 
 
 def test_state_machine_is_enforced_by_the_schema(db_url):
