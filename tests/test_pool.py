@@ -159,6 +159,33 @@ def test_workers_idle_while_a_report_is_held_up_get_tasks_claimed_beside_it(queu
         pool.kill()
 
 
+def test_a_pool_holding_one_task_per_worker_does_not_claim_beside_its_report(queue, db_url):
+    """Batch = workers (the default): a worker idle while the report is held up waits for it, so
+    the pool never holds more than its workers run (and the tasks' times in the database stay
+    theirs). The report of the first task is held up by a lock, as above."""
+    short = queue.submit("p", 22, json.dumps({"seconds": 0.3}), priority=10)
+    long = queue.submit("p", 22, json.dumps({"seconds": 0.8}), priority=9)
+    later = queue.submit_many("p", 22, [json.dumps({"seconds": 0})] * 4)
+    pool = start_pool(db_url, "--types", "22", "--fn", "eqflow.workers.tasks:sleep", "--workers", "2",
+                      "--idle-exit", "2", "--lease", "120")
+    first_ids = [short.task_id, long.task_id]
+    later_ids = [f.task_id for f in later]
+    running = "SELECT count(*) FROM tasks WHERE task_id = ANY(%s) AND status = 'running'"
+    try:
+        assert wait_for(lambda: sql(db_url, running, (first_ids,)) == [(2,)], timeout=30)
+        beat_after_claim = "SELECT bool_and(p.heartbeat_at > t.started_at) FROM pools p, tasks t " \
+                           "WHERE t.task_id = ANY(%s)"
+        assert wait_for(lambda: sql(db_url, beat_after_claim, (first_ids,)) == [(True,)], timeout=30)
+        with psycopg.connect(db_url) as blocker:
+            blocker.execute("SELECT 1 FROM tasks WHERE task_id = ANY(%s) FOR SHARE", (first_ids,))
+            time.sleep(1.5)  # both have finished; the first one's report (with its claim) waits
+            assert sql(db_url, running, (later_ids,)) == [(0,)]
+        assert len(list(as_completed([short, long, *later], timeout=60))) == 6
+        assert pool.wait(timeout=30) == 0
+    finally:
+        pool.kill()
+
+
 def test_threads_mode(queue, db_url):
     futs = queue.submit_many("p", 8, [json.dumps({"seconds": 0.3})] * 8)
     pool = start_pool(db_url, "--types", "8", "--fn", "eqflow.workers.tasks:sleep", "--workers", "8",

@@ -177,9 +177,11 @@ class Pool:
             if self._inflight is None:  # (a report in flight claims for the slots it frees: see _send)
                 wait_s = 0.0 if in_hand else min(cfg.heartbeat_s, 1.0)
                 self._took(self._claim(want, wait_s), want)
-            elif runner.idle and not self.waiting:
+            elif runner.idle and not self.waiting and cfg.batch_size >= 2 * cfg.n_workers:
+                # Only with room for short tasks: a pool that holds one task per worker holds no
+                # more than its workers run (and its tasks' times in the database stay theirs).
                 # Finished tasks wait for the report in flight or the next: with those, the pool
-                # holds at most twice its batch, as when it claims only with its reports.
+                # holds at most twice its batch.
                 owned = in_hand + len(self._unreported) + len(self._inflight_tasks) + self._coming()
                 want = min(want, 2 * cfg.batch_size - owned)
                 if want >= cfg.threshold:
@@ -203,7 +205,7 @@ class Pool:
         """Workers idle while a report (and the claim that comes with it) is in flight: claim
         more now, on another connection, instead of waiting for it. With short tasks a report of
         a few hundred takes longer than the workers need for what they hold; the two statements
-        run side by side in the database."""
+        run side by side in the database. Pools whose batch is at least twice their workers."""
         self._ahead_want = want
         self._ahead = self._claimer.submit(self._claim, want, 0.0)
         self._ahead.add_done_callback(self._wake)
