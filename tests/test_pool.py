@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -123,33 +125,44 @@ def test_stop_requests_drain_or_now(queue, db_url):
     assert statuses.count(TaskStatus.QUEUED) >= 8 and TaskStatus.RUNNING not in statuses
 
 
+RUNNING = "SELECT count(*) FROM tasks WHERE task_id = ANY(%s) AND status = 'running'"
+
+
+def _running(db_url: str, ids: list[int]) -> int:
+    return int(sql(db_url, RUNNING, (ids,))[0][0])
+
+
+@contextmanager
+def _reports_held_up(db_url: str, first_ids: list[int]) -> Iterator[None]:
+    """Once the pool runs ``first_ids``, lock their rows (FOR SHARE) until the block ends: their
+    reports wait; claims skip locked rows and go on. The pool's heartbeat right after its first
+    claim would wait on the lock too, so it passes first (the next is 30 s away: --lease 120)."""
+    assert wait_for(lambda: _running(db_url, first_ids) == len(first_ids), timeout=30)
+    beat = "SELECT bool_and(p.heartbeat_at > t.started_at) FROM pools p, tasks t WHERE t.task_id = ANY(%s)"
+    assert wait_for(lambda: sql(db_url, beat, (first_ids,)) == [(True,)], timeout=30)
+    with psycopg.connect(db_url) as blocker:
+        blocker.execute("SELECT 1 FROM tasks WHERE task_id = ANY(%s) FOR SHARE", (first_ids,))
+        yield
+
+
 def test_workers_idle_while_a_report_is_held_up_get_tasks_claimed_beside_it(queue, db_url):
     """A report (and the claim that rides with it) that takes long does not leave the workers
-    idle: the pool claims on another connection meanwhile. The report is held up here by a lock
-    on the rows it reports; the claim skips locked rows, so only a claim beside it can run."""
+    idle: the pool claims on another connection meanwhile (a batch of at least twice the
+    workers), holding at most twice its batch."""
     first = queue.submit_many("p", 21, [json.dumps({"seconds": 0.4})] * 4, priority=10)
     later = queue.submit_many("p", 21, [json.dumps({"seconds": 0})] * 8)
     pool = start_pool(db_url, "--types", "21", "--fn", "eqflow.workers.tasks:sleep", "--workers", "1",
                       "--batch-size", "4", "--idle-exit", "2", "--lease", "120")
-    first_ids = [f.task_id for f in first]
     later_ids = [f.task_id for f in later]
-    running = "SELECT count(*) FROM tasks WHERE task_id = ANY(%s) AND status = 'running'"
     try:
-        assert wait_for(lambda: sql(db_url, running, (first_ids,)) == [(4,)], timeout=30)
-        # the pool's heartbeat right after its first claim (the next is 30 s away) would wait on
-        # the lock below: let it pass first
-        beat_after_claim = "SELECT bool_and(p.heartbeat_at > t.started_at) FROM pools p, tasks t " \
-                           "WHERE t.task_id = ANY(%s)"
-        assert wait_for(lambda: sql(db_url, beat_after_claim, (first_ids,)) == [(True,)], timeout=30)
-        with psycopg.connect(db_url) as blocker:  # holds the first four until the block ends
-            blocker.execute("SELECT 1 FROM tasks WHERE task_id = ANY(%s) FOR SHARE", (first_ids,))
+        with _reports_held_up(db_url, [f.task_id for f in first]):
             # the report of the first task waits; its claim holds one later task, the claim
             # beside it takes the rest of the batch and runs them
-            assert wait_for(lambda: sql(db_url, running, (later_ids,))[0][0] >= 3, timeout=30)
+            assert wait_for(lambda: _running(db_url, later_ids) >= 3, timeout=30)
             # then it stops: 3 finished and 1 more wait for the report, 1 comes with it, 3 ran
             # beside it: 8, twice the batch (finished tasks are still the pool's until reported)
             time.sleep(1.0)
-            assert sql(db_url, running, (later_ids,)) == [(3,)]
+            assert _running(db_url, later_ids) == 3
             assert sql(db_url, "SELECT count(*) FROM tasks WHERE status = 'complete'") == [(0,)]
         assert len(list(as_completed(first + later, timeout=60))) == 12
         assert all(f.status is TaskStatus.COMPLETE for f in first + later)
@@ -162,24 +175,16 @@ def test_workers_idle_while_a_report_is_held_up_get_tasks_claimed_beside_it(queu
 def test_a_pool_holding_one_task_per_worker_does_not_claim_beside_its_report(queue, db_url):
     """Batch = workers (the default): a worker idle while the report is held up waits for it, so
     the pool never holds more than its workers run (and the tasks' times in the database stay
-    theirs). The report of the first task is held up by a lock, as above."""
+    theirs)."""
     short = queue.submit("p", 22, json.dumps({"seconds": 0.3}), priority=10)
     long = queue.submit("p", 22, json.dumps({"seconds": 0.8}), priority=9)
     later = queue.submit_many("p", 22, [json.dumps({"seconds": 0})] * 4)
     pool = start_pool(db_url, "--types", "22", "--fn", "eqflow.workers.tasks:sleep", "--workers", "2",
                       "--idle-exit", "2", "--lease", "120")
-    first_ids = [short.task_id, long.task_id]
-    later_ids = [f.task_id for f in later]
-    running = "SELECT count(*) FROM tasks WHERE task_id = ANY(%s) AND status = 'running'"
     try:
-        assert wait_for(lambda: sql(db_url, running, (first_ids,)) == [(2,)], timeout=30)
-        beat_after_claim = "SELECT bool_and(p.heartbeat_at > t.started_at) FROM pools p, tasks t " \
-                           "WHERE t.task_id = ANY(%s)"
-        assert wait_for(lambda: sql(db_url, beat_after_claim, (first_ids,)) == [(True,)], timeout=30)
-        with psycopg.connect(db_url) as blocker:
-            blocker.execute("SELECT 1 FROM tasks WHERE task_id = ANY(%s) FOR SHARE", (first_ids,))
+        with _reports_held_up(db_url, [short.task_id, long.task_id]):
             time.sleep(1.5)  # both have finished; the first one's report (with its claim) waits
-            assert sql(db_url, running, (later_ids,)) == [(0,)]
+            assert _running(db_url, [f.task_id for f in later]) == 0
         assert len(list(as_completed([short, long, *later], timeout=60))) == 6
         assert pool.wait(timeout=30) == 0
     finally:
