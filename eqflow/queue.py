@@ -231,10 +231,9 @@ class LocalTaskQueue:
         pairs = list(results)
         if not pairs:
             return set()
-        ids, claims = validate.held((task for task, _ in pairs), "report")
+        ids, held = _held((task for task, _ in pairs), "report")
         texts = [validate.text(result, "result", self.max_payload_bytes) for _, result in pairs]
-        rows = self.db.fetch_all("report_results", {"task_ids": IntArray(ids), "claim_ids": IntArray(claims),
-                                                    "results": texts}, then=ANNOUNCE)
+        rows = self.db.fetch_all("report_results", {**held, "results": texts}, then=ANNOUNCE)
         accepted = {r[0] for r in rows}
         if len(accepted) < len(set(ids)):
             log.warning("reports rejected: lease no longer held",
@@ -258,10 +257,9 @@ class LocalTaskQueue:
         lease = validate.optional_lease(lease_s, self.lease_s)
         if not pairs:
             return set(), (self._claim_now(types, n, pool, lease) if n else [])
-        ids, claims = validate.held((task for task, _ in pairs), "report_and_claim")
+        ids, held = _held((task for task, _ in pairs), "report_and_claim")
         texts = [validate.text(result, "result", self.max_payload_bytes) for _, result in pairs]
-        params: dict[str, Any] = {"task_ids": IntArray(ids), "claim_ids": IntArray(claims), "results": texts,
-                                  "n": n, "pool": pool, "lease_s": lease}
+        params: dict[str, Any] = {**held, "results": texts, "n": n, "pool": pool, "lease_s": lease}
         params["task_types"] = list(types)
         rows = self.db.fetch_all("report_and_claim", params, then=ANNOUNCE)
         accepted = {r[1] for r in rows if not r[0]}
@@ -283,31 +281,28 @@ class LocalTaskQueue:
         pairs = list(failures)
         if not pairs:
             return {}
-        ids, claims = validate.held((task for task, _ in pairs), "report_failure")
+        ids, held = _held((task for task, _ in pairs), "report_failure")
         errors = [validate.text(e, "error", self.max_payload_bytes) for _, e in pairs]
         rows = self.db.fetch_all("report_failures", {
-            "task_ids": IntArray(ids), "claim_ids": IntArray(claims), "errors": errors, "retry": [retry] * len(ids)})
+            **held, "errors": errors, "retry": [retry] * len(ids)})
         return {tid: TaskStatus(status) for tid, status in rows}
 
     def release(self, tasks: Iterable[ClaimedTask], *, unstarted: bool = False) -> set[int]:
         """Give claimed tasks back to the queue unfinished (a pool that stops). Not a failure.
         Their runs still count in ``attempts`` unless ``unstarted`` (never handed to a worker)."""
-        ids, claims = validate.held(tasks, "release")
+        ids, held = _held(tasks, "release")
         if not ids:
             return set()
-        rows = self.db.fetch_all("release_tasks", {
-            "task_ids": IntArray(ids), "claim_ids": IntArray(claims),
-            "unstarted": bool(unstarted)})
+        rows = self.db.fetch_all("release_tasks", {**held, "unstarted": bool(unstarted)})
         return {r[0] for r in rows}
 
     def extend_leases(self, tasks: Iterable[ClaimedTask], lease_s: float | None = None) -> set[int]:
         """Heartbeat: extend the leases of held tasks in one statement; returns ids still held."""
         lease = validate.optional_lease(lease_s, self.lease_s)
-        ids, claims = validate.held(tasks, "extend_leases")
+        ids, held = _held(tasks, "extend_leases")
         if not ids:
             return set()
-        rows = self.db.fetch_all("extend_leases", {"task_ids": IntArray(ids), "claim_ids": IntArray(claims),
-                                                   "lease_s": lease})
+        rows = self.db.fetch_all("extend_leases", {**held, "lease_s": lease})
         return {r[0] for r in rows}
 
     def rescue_expired(self) -> dict[int, TaskStatus]:
@@ -450,6 +445,12 @@ class LocalTaskQueue:
     def pool_inbox(self, pool_id: int) -> Inbox:
         """An inbox woken when this pool is told to stop."""
         return self._listener.subscribe("eqflow_pool", {str(validate.id64(pool_id, "pool_id"))})
+
+
+def _held(tasks: Iterable[Any], what: str) -> tuple[list[int], dict[str, IntArray]]:
+    """validate.held's task ids, and the task and claim ids as the statements' parameters."""
+    ids, claims = validate.held(tasks, what)
+    return ids, {"task_ids": IntArray(ids), "claim_ids": IntArray(claims)}
 
 
 def _changed_or_raise(rows: list[tuple[Any, ...]]) -> list[int]:
