@@ -368,14 +368,14 @@ class LocalTaskQueue:
         else:
             rows = self.db.fetch_all("set_priority", {
                 "task_ids": IntArray(ids), "priority": validate.int32(priority, "priority")})
-        return _changed_or_raise(rows)
+        return _changed(rows)
 
     def cancel(self, tasks: Iterable[Any]) -> list[int]:
         """Cancel queued tasks in one statement; returns the ids canceled. All or nothing."""
         ids = validate.task_ids(tasks)
         if not ids:
             return []
-        return _changed_or_raise(self.db.fetch_all("cancel_tasks", {"task_ids": IntArray(ids)}))
+        return _changed(self.db.fetch_all("cancel_tasks", {"task_ids": IntArray(ids)}))
 
     def stats(self, exp_id: str | None = None) -> dict[int, dict[str, int]]:
         """Task counts per type and status, for one experiment or all."""
@@ -453,8 +453,6 @@ def _held(tasks: Iterable[Any], what: str) -> tuple[list[int], dict[str, IntArra
     return ids, {"task_ids": IntArray(ids), "claim_ids": IntArray(claims)}
 
 
-def _changed_or_raise(rows: list[tuple[Any, ...]]) -> list[int]:
-    missing = [tid for found, tid in rows if not found]
-    if missing:
-        raise UnknownTask(missing)
-    return sorted(tid for _, tid in rows)
+def _changed(rows: list[tuple[Any, ...]]) -> list[int]:
+    """The ids a reprioritize or cancel changed (an unknown id raised UnknownTask instead)."""
+    return sorted(r[0] for r in rows)

@@ -92,8 +92,8 @@ SELECT pg_reload_conf();
 TRUNCATE tasks, task_metrics, task_throughput, task_flow, pools, experiments, submissions;
 
 -- name: bench_churn_open
--- Queued tasks of one type, and running tasks (both read through partial indexes).
-SELECT (SELECT count(*) FROM tasks WHERE status = 'queued' AND task_type = %(task_type)s),
+-- Queued tasks of one type (task_queue) and running tasks (tasks_lease_idx).
+SELECT (SELECT count(*) FROM task_queue WHERE task_type = %(task_type)s),
        (SELECT count(*) FROM tasks WHERE status = 'running');
 
 -- name: bench_churn_sample

@@ -23,14 +23,28 @@ RETURNING island, version;
 
 -- name: fs_cancel_tagged_queued
 -- A reset island's queued work, in one statement: its tasks carry the tag 'island:<n>'.
-UPDATE tasks SET status = 'canceled', finished_at = now()
-WHERE exp_id = %(exp_id)s AND status = 'queued' AND tag = ANY(%(tags)s::text[])
-RETURNING task_id;
+-- Out of task_queue first, as cancel_tasks (migration 0015).
+WITH dequeued AS (
+    DELETE FROM task_queue q USING tasks t
+    WHERE q.task_id = t.task_id AND t.exp_id = %(exp_id)s AND t.status = 'queued'
+      AND t.tag = ANY(%(tags)s::text[])
+    RETURNING q.task_id, q.priority)
+UPDATE tasks t SET status = 'canceled', finished_at = now(), priority = d.priority
+FROM dequeued d
+WHERE t.task_id = d.task_id AND t.status = 'queued'
+RETURNING t.task_id;
 
 -- name: fs_cancel_queued_types
-UPDATE tasks SET status = 'canceled', finished_at = now()
-WHERE exp_id = %(exp_id)s AND status = 'queued' AND task_type = ANY(%(types)s::integer[])
-RETURNING task_id;
+-- Out of task_queue first, as cancel_tasks (migration 0015).
+WITH dequeued AS (
+    DELETE FROM task_queue q USING tasks t
+    WHERE q.task_id = t.task_id AND t.exp_id = %(exp_id)s AND t.status = 'queued'
+      AND t.task_type = ANY(%(types)s::integer[])
+    RETURNING q.task_id, q.priority)
+UPDATE tasks t SET status = 'canceled', finished_at = now(), priority = d.priority
+FROM dequeued d
+WHERE t.task_id = d.task_id AND t.status = 'queued'
+RETURNING t.task_id;
 
 -- name: fs_open_tasks
 -- Tasks still in flight, for re-attaching after a restart.

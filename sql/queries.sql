@@ -116,57 +116,53 @@ WHERE t.task_id IN (
 RETURNING t.task_id, t.status::text;
 
 -- name: cancel_tasks
--- All or nothing: if any id is unknown, nothing changes and the unknown ids come back.
-WITH req AS (SELECT DISTINCT unnest(%(task_ids)s::bigint[]) AS task_id),
-missing AS (
-    SELECT req.task_id FROM req
-    WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = req.task_id)),
+-- All or nothing: if any id is unknown, eqflow_require_known raises EQ404 with the unknown ids
+-- and nothing changes (migration 0015). Each task leaves task_queue before its tasks row is
+-- written, the order every writer takes (0015), and keeps the priority it had there.
+WITH dequeued AS (
+    DELETE FROM task_queue q WHERE q.task_id = ANY(%(task_ids)s::bigint[])
+    RETURNING q.task_id, q.priority),
 changed AS (
-    UPDATE tasks t SET status = 'canceled', finished_at = now()
-    FROM req
-    WHERE t.task_id = req.task_id AND t.status = 'queued' AND NOT EXISTS (SELECT 1 FROM missing)
-    RETURNING t.task_id)
-SELECT false AS found, task_id FROM missing
-UNION ALL SELECT true, task_id FROM changed;
+    UPDATE tasks t SET status = 'canceled', finished_at = now(), priority = d.priority
+    FROM dequeued d
+    WHERE t.task_id = d.task_id AND t.status = 'queued'
+    RETURNING t.task_id),
+checked AS MATERIALIZED (
+    SELECT eqflow_require_known(%(task_ids)s::bigint[], ARRAY(SELECT task_id FROM changed)) AS ok)
+-- UNION ALL runs the check even when nothing changed.
+SELECT task_id FROM changed UNION ALL SELECT NULL FROM checked WHERE NOT ok;
 
 -- name: set_priority
--- All or nothing, as cancel_tasks. Only queued tasks whose priority differs change (and come back).
--- No notification: a queued task that stays queued is not new work (migration 0010).
-WITH req AS (SELECT DISTINCT unnest(%(task_ids)s::bigint[]) AS task_id),
-missing AS (
-    SELECT req.task_id FROM req
-    WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = req.task_id)),
-quiet AS MATERIALIZED (SELECT set_config('eqflow.notify_done', 'none', true)),
-changed AS (
-    UPDATE tasks t SET priority = %(priority)s
-    FROM req, quiet
-    WHERE t.task_id = req.task_id AND t.status = 'queued' AND NOT EXISTS (SELECT 1 FROM missing)
-      AND t.priority <> %(priority)s  -- an unchanged priority costs no row version
-    RETURNING t.task_id)
-SELECT false AS found, task_id FROM missing
-UNION ALL SELECT true, task_id FROM changed;
+-- Only queued tasks whose priority differs change (and come back); all or nothing, as
+-- cancel_tasks. Only task_queue is written (0015): tasks keeps its row, and a queued task that
+-- stays queued is not new work (no notification).
+WITH changed AS (
+    UPDATE task_queue q SET priority = %(priority)s
+    WHERE q.task_id = ANY(%(task_ids)s::bigint[])
+      AND q.priority <> %(priority)s  -- an unchanged priority costs no row version
+    RETURNING q.task_id),
+checked AS MATERIALIZED (
+    SELECT eqflow_require_known(%(task_ids)s::bigint[], ARRAY(SELECT task_id FROM changed)) AS ok)
+SELECT task_id FROM changed UNION ALL SELECT NULL FROM checked WHERE NOT ok;
 
 -- name: set_priorities
--- One priority per task; ids must be distinct. All or nothing, as cancel_tasks.
-WITH req AS (
-    SELECT * FROM unnest(%(task_ids)s::bigint[], %(priorities)s::integer[]) AS u(task_id, priority)),
-missing AS (
-    SELECT req.task_id FROM req
-    WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = req.task_id)),
-quiet AS MATERIALIZED (SELECT set_config('eqflow.notify_done', 'none', true)),
-changed AS (
-    UPDATE tasks t SET priority = req.priority
-    FROM req, quiet
-    WHERE t.task_id = req.task_id AND t.status = 'queued' AND NOT EXISTS (SELECT 1 FROM missing)
-      AND t.priority IS DISTINCT FROM req.priority  -- an unchanged priority costs no row version
-    RETURNING t.task_id)
-SELECT false AS found, task_id FROM missing
-UNION ALL SELECT true, task_id FROM changed;
+-- One priority per task; ids must be distinct. As set_priority.
+WITH changed AS (
+    UPDATE task_queue q SET priority = req.priority
+    FROM unnest(%(task_ids)s::bigint[], %(priorities)s::integer[]) AS req(task_id, priority)
+    WHERE q.task_id = req.task_id
+      AND q.priority <> req.priority  -- an unchanged priority costs no row version
+    RETURNING q.task_id),
+checked AS MATERIALIZED (
+    SELECT eqflow_require_known(%(task_ids)s::bigint[], ARRAY(SELECT task_id FROM changed)) AS ok)
+SELECT task_id FROM changed UNION ALL SELECT NULL FROM checked WHERE NOT ok;
 
 -- name: task_info
-SELECT task_id, exp_id, task_type, status::text, priority, pool, result, error, tag,
-       attempts, max_attempts, created_at, started_at, finished_at
-FROM tasks WHERE task_id = ANY(%(task_ids)s::bigint[]);
+-- A queued task's priority is task_queue's (migration 0015).
+SELECT t.task_id, t.exp_id, t.task_type, t.status::text, coalesce(q.priority, t.priority), t.pool, t.result,
+       t.error, t.tag, t.attempts, t.max_attempts, t.created_at, t.started_at, t.finished_at
+FROM tasks t LEFT JOIN task_queue q ON q.task_id = t.task_id AND t.status = 'queued'
+WHERE t.task_id = ANY(%(task_ids)s::bigint[]);
 
 -- name: finished_among
 SELECT task_id, status::text, result, error, pool
@@ -184,12 +180,19 @@ WHERE (%(exp_id)s::text IS NULL OR exp_id = %(exp_id)s)
 GROUP BY task_type, status ORDER BY task_type, status;
 
 -- name: count_open
-SELECT count(*) FROM tasks
-WHERE status IN ('queued', 'running') AND (%(task_type)s::integer IS NULL OR task_type = %(task_type)s);
+-- Queued (task_queue, migration 0015) and running (tasks_lease_idx) tasks.
+SELECT (SELECT count(*) FROM task_queue
+        WHERE %(task_type)s::integer IS NULL OR task_type = %(task_type)s)
+     + (SELECT count(*) FROM tasks
+        WHERE status = 'running' AND (%(task_type)s::integer IS NULL OR task_type = %(task_type)s));
 
 -- name: cancel_all_queued
-UPDATE tasks SET status = 'canceled', finished_at = now()
-WHERE status = 'queued' RETURNING task_id;
+-- As cancel_tasks: out of task_queue first (migration 0015).
+WITH dequeued AS (DELETE FROM task_queue q RETURNING q.task_id, q.priority)
+UPDATE tasks t SET status = 'canceled', finished_at = now(), priority = d.priority
+FROM dequeued d
+WHERE t.task_id = d.task_id AND t.status = 'queued'
+RETURNING t.task_id;
 
 -- name: register_pool
 INSERT INTO pools (name, task_types, launcher, host, pid, job_id, n_workers, info)
@@ -298,8 +301,8 @@ SELECT task_id, exp_id, status::text, result, error, pool FROM t;
 -- EQ-SQL's two queues: nothing queued (its output queue), no result reported and unread (its
 -- input queue; a task failed for good counts as reported).
 SELECT NOT EXISTS (
-           SELECT 1 FROM tasks
-           WHERE status = 'queued' AND (%(task_type)s::integer IS NULL OR task_type = %(task_type)s))
+           SELECT 1 FROM task_queue
+           WHERE %(task_type)s::integer IS NULL OR task_type = %(task_type)s)
    AND NOT EXISTS (
            SELECT 1 FROM compat_unread_results u JOIN tasks t ON t.task_id = u.task_id
            WHERE t.status IN ('complete', 'failed')

@@ -65,9 +65,13 @@ def db_url(admin_url: str) -> Iterator[str]:
     name = f"eqflow_test_{os.getpid()}_{next(_counter)}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")  # generated identifier
-    yield _with_db(admin_url, name)
+    url = _with_db(admin_url, name)
+    yield url
+    out_of_step = queue_out_of_step(url)
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    # Every test that used a database also checks the invariant of migration 0015.
+    assert not out_of_step, f"{out_of_step} task(s) queued in tasks and task_queue differently"
 
 
 @pytest.fixture()
@@ -75,6 +79,20 @@ def queue(db_url: str) -> Iterator[LocalTaskQueue]:
     q = LocalTaskQueue(db_url, migrate=False, safety_poll_s=1.0, lease_s=30.0)
     yield q
     q.close()
+
+
+def queue_out_of_step(url: str) -> int:
+    """Tasks queued in tasks without their task_queue row, or the other way round (one snapshot).
+
+    0 where the database cannot be reached (a test that stopped it) or has no task_queue yet.
+    """
+    try:
+        rows = sql(url, "SELECT count(*) FROM (SELECT task_id, task_type FROM tasks WHERE status = 'queued') t "
+                        "FULL JOIN task_queue q USING (task_id) "
+                        "WHERE t.task_id IS NULL OR q.task_id IS NULL OR t.task_type <> q.task_type")
+    except (psycopg.OperationalError, psycopg.errors.UndefinedTable):
+        return 0
+    return int(rows[0][0])  # type: ignore[call-overload]
 
 
 def sql(url: str, statement: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:

@@ -97,6 +97,8 @@ def test_unknown_task_ids_change_nothing(queue, db_url):
         queue.info([987654])
     rows = sql(db_url, "SELECT status::text, priority FROM tasks ORDER BY task_id")
     assert rows == [("queued", 0), ("queued", 0)]
+    # a queued task's priority is task_queue's (migration 0015): unchanged there too
+    assert [i.priority for i in queue.info(ids).values()] == [0, 0]
 
 
 def test_wrong_id_types(queue):

@@ -28,7 +28,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from eqflow.db.sqlfiles import query
-from eqflow.errors import AmbiguousCommit, DatabaseError, DatabaseUnavailable, InvalidInput
+from eqflow.errors import AmbiguousCommit, DatabaseError, DatabaseUnavailable, InvalidInput, UnknownTask
 
 log = logging.getLogger(__name__)
 
@@ -379,6 +379,11 @@ def _has_input(conn: psycopg.Connection[Any]) -> bool:
     return bool(poller.poll(0))
 
 
+# Raised by eqflow_require_known (migration 0015) with the unknown ids in its DETAIL; the
+# statement, and so the whole call, has rolled back.
+UNKNOWN_TASKS = "EQ404"
+
+
 @contextmanager
 def _translated() -> Iterator[None]:
     try:
@@ -392,6 +397,8 @@ def _translated() -> Iterator[None]:
             raise _ConnectionLost() from exc
         raise DatabaseError(_message(exc)) from exc
     except psycopg.Error as exc:
+        if exc.sqlstate == UNKNOWN_TASKS:
+            raise UnknownTask([int(t) for t in (exc.diag.message_detail or "").split(",") if t]) from exc
         raise DatabaseError(_message(exc)) from exc
 
 
