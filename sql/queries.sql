@@ -28,8 +28,8 @@ RETURNING task_id;
 
 -- name: claim_tasks
 -- Up to n queued tasks of the given types, highest priority first: eqflow_report_and_claim
--- (migration 0013) with nothing to report. Its generic plans read the queue index in order
--- whatever n, and it counts the claims itself (no metrics trigger).
+-- (migration 0013) with nothing to report. Its generic plans read task_queue's claim index in
+-- order whatever n (0015), and it counts the claims itself (no metrics trigger).
 SELECT task_id, exp_id, task_type, priority, payload, tag, attempts, claim_id
 FROM eqflow_report_and_claim('{}'::bigint[], '{}'::bigint[], '{}'::text[],
                              %(task_types)s::integer[], %(n)s, %(pool)s, %(lease_s)s)
