@@ -21,25 +21,15 @@ UPDATE fs_islands SET version = version + 1, reset_at = now()
 WHERE exp_id = %(exp_id)s AND island = ANY(%(islands)s::integer[])
 RETURNING island, version;
 
--- name: fs_cancel_tagged_queued
--- A reset island's queued work, in one statement: its tasks carry the tag 'island:<n>'.
+-- name: fs_cancel_queued
+-- An experiment's queued tasks of the given types (a finished run) or tags (a reset island's
+-- work: its tasks carry the tag 'island:<n>'), in one statement; the filter not used is NULL.
 -- Out of task_queue first, as cancel_tasks (migration 0015).
 WITH dequeued AS (
     DELETE FROM task_queue q USING tasks t
     WHERE q.task_id = t.task_id AND t.exp_id = %(exp_id)s AND t.status = 'queued'
-      AND t.tag = ANY(%(tags)s::text[])
-    RETURNING q.task_id, q.priority)
-UPDATE tasks t SET status = 'canceled', finished_at = now(), priority = d.priority
-FROM dequeued d
-WHERE t.task_id = d.task_id AND t.status = 'queued'
-RETURNING t.task_id;
-
--- name: fs_cancel_queued_types
--- Out of task_queue first, as cancel_tasks (migration 0015).
-WITH dequeued AS (
-    DELETE FROM task_queue q USING tasks t
-    WHERE q.task_id = t.task_id AND t.exp_id = %(exp_id)s AND t.status = 'queued'
-      AND t.task_type = ANY(%(types)s::integer[])
+      AND (%(tags)s::text[] IS NULL OR t.tag = ANY(%(tags)s::text[]))
+      AND (%(types)s::integer[] IS NULL OR t.task_type = ANY(%(types)s::integer[]))
     RETURNING q.task_id, q.priority)
 UPDATE tasks t SET status = 'canceled', finished_at = now(), priority = d.priority
 FROM dequeued d

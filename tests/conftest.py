@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -20,6 +21,7 @@ import pytest
 from eqflow import notify
 from eqflow.db.embedded import EmbeddedPostgres
 from eqflow.db.migrate import upgrade
+from eqflow.db.sqlfiles import migrations, query
 from eqflow.queue import LocalTaskQueue
 from tests.service_fixtures import ServiceProcess
 
@@ -79,6 +81,27 @@ def queue(db_url: str) -> Iterator[LocalTaskQueue]:
     q = LocalTaskQueue(db_url, migrate=False, safety_poll_s=1.0, lease_s=30.0)
     yield q
     q.close()
+
+
+@contextmanager
+def database_at_schema(admin_url: str, name: str, version: int) -> Iterator[str]:
+    """A scratch database migrated up to (not including) ``version``, dropped afterwards: for
+    the tests of what a migration does with the rows an older schema left."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # generated identifier
+        conn.execute(f"CREATE DATABASE {name}")
+    url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(query("schema_version_table"))
+            for m in migrations():
+                if m.version < version:
+                    conn.execute(m.sql)
+                    conn.execute(query("record_migration"), {"version": m.version, "name": m.name})
+        yield url
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def queue_out_of_step(url: str) -> int:

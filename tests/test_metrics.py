@@ -22,7 +22,7 @@ from eqflow.db.migrate import upgrade
 from eqflow.db.sqlfiles import migrations, query
 from eqflow.metrics import read_figures
 from eqflow.queue import LocalTaskQueue
-from tests.conftest import sql
+from tests.conftest import database_at_schema, sql
 from tests.service_fixtures import TOKEN, ServiceProcess
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -239,18 +239,7 @@ def test_concurrent_claims_and_reports_keep_the_counters_exact(queue: LocalTaskQ
 
 def test_the_migration_counts_what_was_there_before(admin_url: str) -> None:
     """A database at schema 6 with tasks in every state: upgraded to 7, the counters start right."""
-    name = f"eqflow_metrics_mig_{os.getpid()}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # generated identifier
-        conn.execute(f"CREATE DATABASE {name}")
-    url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(query("schema_version_table"))
-            for m in migrations():
-                if m.version < 7:
-                    conn.execute(m.sql)
-                    conn.execute(query("record_migration"), {"version": m.version, "name": m.name})
+    with database_at_schema(admin_url, f"eqflow_metrics_mig_{os.getpid()}", 7) as url:
         with LocalTaskQueue(url, migrate=False) as q:
             q.submit_many("old", 1, ["a"] * 10)
             q.submit_many("old", 4, ["b"] * 3)
@@ -275,9 +264,6 @@ def test_the_migration_counts_what_was_there_before(admin_url: str) -> None:
         assert rows[("scaling_decisions", 1, "stop")] == 1
         assert sum(v for (m, t, _), v in rows.items() if m == "latency_bucket" and t == 1) == 3
         assert not math.isnan(rows[("latency_sum", 1, "")])
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def test_report_and_claim_counts_what_the_trigger_would(queue: LocalTaskQueue, db_url: str) -> None:

@@ -10,13 +10,11 @@ import os
 import random
 import threading
 
-import psycopg
 import pytest
 
 from eqflow import LocalTaskQueue, TaskStatus, UnknownTask
 from eqflow.db.migrate import upgrade
-from eqflow.db.sqlfiles import migrations, query
-from tests.conftest import queue_out_of_step, sql
+from tests.conftest import database_at_schema, queue_out_of_step, sql
 
 
 def _xmin(url: str, ids: list[int]) -> list[str]:
@@ -149,18 +147,7 @@ def test_claims_and_cancels_racing_never_deadlock_or_share_a_task(db_url: str) -
 
 def test_the_migration_moves_the_queued_tasks_into_task_queue(admin_url: str) -> None:
     """A database at schema 14 with queued, running and finished tasks, upgraded to 15."""
-    name = f"eqflow_queue_mig_{os.getpid()}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # generated identifier
-        conn.execute(f"CREATE DATABASE {name}")
-    url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(query("schema_version_table"))
-            for m in migrations():
-                if m.version < 15:
-                    conn.execute(m.sql)
-                    conn.execute(query("record_migration"), {"version": m.version, "name": m.name})
+    with database_at_schema(admin_url, f"eqflow_queue_mig_{os.getpid()}", 15) as url:
         # rows as schema 14 left them (its own claim: the function of 0014)
         sql(url, "INSERT INTO tasks (exp_id, task_type, payload, priority) "
                  "SELECT 'old', 1, 'p' || g, g %% 5 FROM generate_series(1, 10) g")
@@ -173,6 +160,3 @@ def test_the_migration_moves_the_queued_tasks_into_task_queue(admin_url: str) ->
             got = q.claim(1, n=10, pool="p")
             assert [t.priority for t in got] == sorted((t.priority for t in got), reverse=True)
             assert len(got) == 8 and not {t.task_id for t in got} & {h[0] for h in held}
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

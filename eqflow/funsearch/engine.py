@@ -221,8 +221,8 @@ class FunSearch:
         # Pools first: a stopping pool gives back the tasks it claimed but had not started, and
         # those must be canceled too, not left queued.
         self._stop_pools()
-        canceled = self.db.fetch_all("fs_cancel_queued_types", {
-            "exp_id": self.exp_id, "types": [self.sample_type, self.evaluate_type]})
+        canceled = self.db.fetch_all("fs_cancel_queued", {
+            "exp_id": self.exp_id, "tags": None, "types": [self.sample_type, self.evaluate_type]})
         self.queue.record_event(self.exp_id, "finished", {
             "reason": stop.reason, "evaluated": self.counters.evaluated, "programs": self.counters.registered,
             "canceled": len(canceled)})
@@ -546,8 +546,8 @@ class FunSearch:
         with self.db.connection() as conn, conn.transaction():
             versions = dict(conn.execute(query("fs_reset_islands"),
                                          {"exp_id": self.exp_id, "islands": weak}).fetchall())
-            canceled = [r[0] for r in conn.execute(query("fs_cancel_tagged_queued"), {
-                "exp_id": self.exp_id, "tags": [island_tag(i) for i in weak]}).fetchall()]
+            canceled = [r[0] for r in conn.execute(query("fs_cancel_queued"), {
+                "exp_id": self.exp_id, "tags": [island_tag(i) for i in weak], "types": None}).fetchall()]
             seeded = []
             for island, founder in founders.items():
                 row = conn.execute(query("fs_insert_program"), {
