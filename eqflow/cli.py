@@ -13,6 +13,10 @@ from eqflow.db.embedded import EmbeddedPostgres
 from eqflow.errors import EqflowError
 from eqflow.logs import setup_logging
 
+# A stopping service answers what is in flight, then cuts what still waits (long-polls and
+# completion streams hold up to 25 s; their clients retry and reopen).
+SHUTDOWN_GRACE_S = 3
+
 
 def _db(args: argparse.Namespace) -> int:
     embedded = EmbeddedPostgres(args.home)
@@ -107,7 +111,8 @@ def _service(args: argparse.Namespace) -> int:
     print(f"eqflow service {eqflow.__version__} listening on http://{cfg.host}:{cfg.port}{processes} "
           f"(docs /docs, health /health; Ctrl-C stops it)", file=sys.stderr, flush=True)
     if cfg.workers == 1:
-        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning",
+                    timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
         return 0
     # Each process builds its own app from the config file named in $EQFLOW_SERVICE_CONFIG: the
     # config as given here (command-line overrides included), in a file only this user can read.
@@ -119,7 +124,7 @@ def _service(args: argparse.Namespace) -> int:
             yaml.safe_dump({"service": cfg.model_dump()}, handle)
         os.environ["EQFLOW_SERVICE_CONFIG"] = path
         uvicorn.run("eqflow.service.app:create_app", factory=True, workers=cfg.workers, host=cfg.host,
-                    port=cfg.port, log_level="warning")
+                    port=cfg.port, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
     finally:
         os.unlink(path)
     return 0

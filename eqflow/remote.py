@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from eqflow import errors, validate
-from eqflow.futures import Future, as_completed, pop_completed
+from eqflow.futures import CompletionWatch, Future, as_completed, pop_completed
 from eqflow.models import ClaimedTask, ExperimentEvent, PoolInfo, StopMode, TaskInfo, TaskStatus
 from eqflow.queue import LocalTaskQueue
 
@@ -301,7 +301,7 @@ class RemoteTaskQueue:
                                          "timeout": MAX_WAIT_S if wait is None else min(wait, MAX_WAIT_S)})
         return [tuple(r) for r in out["finished"]]
 
-    def watch_completions(self, exp_ids: set[str]) -> RemoteCompletionWatch:
+    def watch_completions(self, exp_ids: set[str]) -> CompletionWatch:
         return RemoteCompletionWatch(self, exp_ids)
 
     def as_completed(self, futures: Sequence[Future], timeout: float | None = None, n: int | None = None,

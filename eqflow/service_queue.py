@@ -8,18 +8,24 @@ answers are retried until ``retry_timeout``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import queue
+import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from eqflow import validate
 from eqflow.errors import AuthError, ConfigError, DatabaseUnavailable, EqflowError
 from eqflow.models import ClaimedTask
-from eqflow.remote import MAX_WAIT_S, RemoteTaskQueue, raise_error
+from eqflow.remote import MAX_WAIT_S, RemoteCompletionWatch, RemoteTaskQueue, raise_error
+
+if TYPE_CHECKING:
+    from eqflow.futures import CompletionWatch, Future
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "record_event": ("POST", "/v1/events"),
     "events": ("GET", "/v1/events"),
 }
+COMPLETIONS_STREAM = "/v1/tasks/completions/stream"
 RETRY_STATUS = {502, 503, 504}
 
 
@@ -74,6 +81,7 @@ class ServiceTaskQueue(RemoteTaskQueue):
         self.url = url.rstrip("/")
         self.retry_timeout = math.inf if wait is None else wait
         self._no_report_claim = False  # the service answered 404 to /v1/tasks/report-claim
+        self._no_stream = False  # the service answered 404 to COMPLETIONS_STREAM
         self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"},
                                  timeout=httpx.Timeout(MAX_WAIT_S + 30, connect=10.0))
 
@@ -132,6 +140,11 @@ class ServiceTaskQueue(RemoteTaskQueue):
             return self.report_and_claim(pairs, types, n, pool, lease_s)
         return set(out["accepted"]), [ClaimedTask(**t) for t in out["tasks"]]
 
+    def watch_completions(self, exp_ids: set[str]) -> CompletionWatch:
+        """Completions as a stream (the pending ids sent once per stream, not once per poll); a
+        service without the stream route (older) is long-polled."""
+        return RemoteCompletionWatch(self, exp_ids) if self._no_stream else StreamingCompletionWatch(self, exp_ids)
+
     @staticmethod
     def _decode(response: httpx.Response) -> dict[str, Any]:
         try:
@@ -144,3 +157,113 @@ class ServiceTaskQueue(RemoteTaskQueue):
         if response.status_code >= 400 or "error" in data:
             raise_error(data.get("error", {"type": "EqflowError", "message": f"HTTP {response.status_code}"}))
         return data  # type: ignore[no-any-return]
+
+
+_ENDED = object()  # a stream's reader puts this when the stream ends, however it ends
+
+
+class StreamingCompletionWatch:
+    """as_completed's watch through the service: one completions stream open at a time, read by
+    a thread into a queue. The pending ids are sent when a stream opens (and checked in full
+    there); the service then sends only what finishes. A stream ends after at most 25 s, on a
+    service restart or at close(); the next call opens another with the ids still pending."""
+
+    def __init__(self, service: ServiceTaskQueue, exp_ids: set[str]) -> None:
+        self.service = service
+        self.exp_ids = sorted(validate.exp_id(e) for e in exp_ids)
+        self._lines: queue.Queue[Any] = queue.Queue()
+        self._client: httpx.Client | None = None
+        self._streaming: set[int] = set()  # the ids the open stream watches
+        self._fallback: RemoteCompletionWatch | None = None
+
+    def finished(self, pending: dict[int, Future], timeout: float | None) -> list[tuple[Any, ...]]:
+        if self._fallback is not None:
+            return self._fallback.finished(pending, timeout)
+        if self._client is None or not pending.keys() <= self._streaming:
+            self._open(list(pending))
+            if self._fallback is not None:
+                return self._fallback.finished(pending, timeout)
+        try:
+            items = [self._lines.get(timeout=MAX_WAIT_S if timeout is None else max(0.0, timeout))]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                items.append(self._lines.get_nowait())
+            except queue.Empty:
+                break
+        rows: list[tuple[Any, ...]] = []
+        for item in items:
+            if item is _ENDED:
+                self._shut()  # the next call opens a new stream, if anything is still pending
+            elif "error" in item:
+                self._shut()
+                if item["error"].get("type") != "DatabaseUnavailable":  # that one: retried on reopening
+                    raise_error(item["error"])
+            else:
+                rows.extend(tuple(r) for r in item["finished"])
+        return rows
+
+    def _open(self, ids: list[int]) -> None:
+        """Open a stream for ``ids`` (retrying what ServiceTaskQueue retries), and start its reader."""
+        self._shut()
+        svc = self.service
+        checked = validate.task_ids(ids)
+        body = {"task_ids": checked, "exp_ids": self.exp_ids, "timeout": MAX_WAIT_S}
+        deadline = time.monotonic() + svc.retry_timeout
+        delay = 0.1
+        while True:
+            client = httpx.Client(base_url=svc.url, headers={"Authorization": f"Bearer {svc.token}"},
+                                  timeout=httpx.Timeout(MAX_WAIT_S + 30, connect=10.0))
+            try:
+                if svc.tunnel is not None:
+                    svc.tunnel.ensure()
+                response = client.send(client.build_request("POST", COMPLETIONS_STREAM, json=body), stream=True)
+                if response.status_code == 200:
+                    break
+                response.read()
+                client.close()
+                if response.status_code == 404 and "error" not in response.text:  # no such route: an older service
+                    svc._no_stream = True
+                    self._fallback = RemoteCompletionWatch(svc, set(self.exp_ids))
+                    return
+                if response.status_code not in RETRY_STATUS:
+                    svc._decode(response)  # raises the service's error
+                    raise EqflowError(f"HTTP {response.status_code}")
+                problem = f"HTTP {response.status_code}"
+            except httpx.TransportError as exc:
+                client.close()
+                problem = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() >= deadline:
+                raise DatabaseUnavailable(f"service at {svc.url} unreachable for {svc.retry_timeout:.0f}s "
+                                          f"({problem})")
+            log.warning("retrying the completions stream", extra={"problem": problem})
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        self._client, self._streaming = client, set(checked)
+        lines = self._lines
+        threading.Thread(target=_read_stream, args=(response, lines), name="eqflow-completions", daemon=True).start()
+
+    def _shut(self) -> None:
+        """Close the open stream, if any: its reader ends (and its _ENDED is dropped with the queue)."""
+        if self._client is not None:
+            self._client.close()
+            self._client, self._streaming = None, set()
+            self._lines = queue.Queue()
+
+    def close(self) -> None:
+        if self._fallback is not None:
+            self._fallback.close()
+        self._shut()
+
+
+def _read_stream(response: httpx.Response, lines: queue.Queue[Any]) -> None:
+    try:
+        for line in response.iter_lines():
+            if line:
+                lines.put(json.loads(line))
+    except (httpx.HTTPError, ValueError, RuntimeError):  # cut off (closed here, or the service went)
+        pass
+    finally:
+        lines.put(_ENDED)
+        response.close()

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -25,15 +26,18 @@ import psycopg
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.responses import Response as PlainResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic_core import to_json
+from starlette.background import BackgroundTask
 
 import eqflow
-from eqflow import errors
+from eqflow import errors, validate
 from eqflow.db.resolve import resolve_url
+from eqflow.futures import GATHER_S
 from eqflow.notify import Inbox, done_ids
 from eqflow.queue import LocalTaskQueue
 from eqflow.remote import MAX_WAIT_S, error_dict, run_op
@@ -580,6 +584,100 @@ async def completions(request: Request, body: CompletionsBody) -> dict[str, Any]
         return finished_among(named) if named else None
 
     return await _long_poll(request, ctx, time.monotonic() + wait, subscribe, plan, "finished")
+
+
+@router.post("/tasks/completions/stream", tags=["tasks"], response_class=StreamingResponse,
+             responses={200: {"content": {"application/x-ndjson": {}},
+                              "description": 'one JSON object per line: {"finished": [[task_id, status, '
+                                             'result, error, pool], ...]}, or {"error": {...}} before it ends'}})
+async def completions_stream(request: Request, body: CompletionsBody) -> StreamingResponse:
+    """Finished tasks among task_ids as they finish, one line per look-up that found some, until
+    every one was sent, the timeout (at most 25 s) passes or the client goes. The ids travel once
+    per stream and are checked in full once: then only those the completion notifications name
+    are looked up (the long-poll above takes them all again on every call)."""
+    ctx = _ctx(request)
+    wanted = set(validate.task_ids(body.task_ids))
+    deadline = time.monotonic() + _wait_s(body.timeout)
+
+    def subscribe_and_check() -> tuple[Inbox, Callable[[], None], list[list[Any]]]:
+        queue = ctx.get_queue()
+        watch = queue.watch_completions(set(body.exp_ids))  # before the check: nothing sent after it is missed
+        try:
+            return watch.inbox, watch.close, _finished_rows(ctx, sorted(wanted))
+        except BaseException:
+            watch.close()
+            raise
+
+    ctx.long_polls += 1
+    try:
+        inbox, unsubscribe, first = await ctx.in_thread(subscribe_and_check, long_poll=True)
+    except BaseException:
+        ctx.long_polls -= 1
+        raise
+    stream = _CompletionStream(ctx, wanted, deadline, _Waiter(inbox, unsubscribe))
+    return StreamingResponse(stream.lines(first), media_type="application/x-ndjson",
+                             background=BackgroundTask(stream.close))  # closes one that never ran
+
+
+class _CompletionStream:
+    """What one completions stream still waits for, until it ends."""
+
+    def __init__(self, ctx: _Context, wanted: set[int], deadline: float, waiter: _Waiter) -> None:
+        self.ctx = ctx
+        self.wanted = wanted
+        self.deadline = deadline
+        self.waiter = waiter
+        self.closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.waiter.close()
+            self.ctx.long_polls -= 1
+
+    async def lines(self, rows: list[list[Any]]) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                if rows:
+                    self.wanted.difference_update(r[0] for r in rows)
+                    yield to_json({"finished": rows}) + b"\n"
+                    await asyncio.sleep(GATHER_S)  # completions stream in: take them in batches
+                try:
+                    rows = await self._next_rows()
+                except errors.EqflowError as exc:  # the status line is long sent: the error ends the stream
+                    yield to_json({"error": _public(error_dict(exc))}) + b"\n"
+                    return
+                if not rows:
+                    return
+        finally:
+            self.close()
+
+    async def _next_rows(self) -> list[list[Any]]:
+        """The next finished tasks among those wanted; [] when none are left or the time is up."""
+        full = False
+        while self.wanted:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            payloads, resync, _ = self.waiter.take()
+            check = sorted(self.wanted) if full or resync else sorted(done_ids(payloads) & self.wanted)
+            if check:
+                rows = await self.ctx.in_thread(partial(_finished_rows, self.ctx, check), long_poll=True)
+                if rows:
+                    return rows
+            full = not await self.waiter.sleep(min(remaining, self.ctx.cfg.long_poll_check_s))
+            if full:  # the safety net, as the long-poll's
+                await self.ctx.in_thread(lambda: self.ctx.get_queue().rescue_expired_if_due(), long_poll=True)
+        return []
+
+
+def _finished_rows(ctx: _Context, task_ids: list[int]) -> list[list[Any]]:
+    """(task_id, status, result, error, pool) of the finished tasks among task_ids, at most
+    max_batch ids per look-up."""
+    queue = ctx.get_queue()
+    step = ctx.cfg.max_batch
+    return [list(r) for start in range(0, len(task_ids), step)
+            for r in queue._finished_among(task_ids[start:start + step])]
 
 
 @router.get("/stats", tags=["queues"])
