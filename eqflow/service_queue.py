@@ -8,10 +8,12 @@ answers are retried until ``retry_timeout``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import queue
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -172,14 +174,14 @@ class StreamingCompletionWatch:
         self.service = service
         self.exp_ids = sorted(validate.exp_id(e) for e in exp_ids)
         self._lines: queue.Queue[Any] = queue.Queue()
-        self._client: httpx.Client | None = None
+        self._response: httpx.Response | None = None  # the open stream's
         self._streaming: set[int] = set()  # the ids the open stream watches
         self._fallback: RemoteCompletionWatch | None = None
 
     def finished(self, pending: dict[int, Future], timeout: float | None) -> list[tuple[Any, ...]]:
         if self._fallback is not None:
             return self._fallback.finished(pending, timeout)
-        if self._client is None or not pending.keys() <= self._streaming:
+        if self._response is None or not pending.keys() <= self._streaming:
             self._open(list(pending))
             if self._fallback is not None:
                 return self._fallback.finished(pending, timeout)
@@ -213,16 +215,15 @@ class StreamingCompletionWatch:
         deadline = time.monotonic() + svc.retry_timeout
         delay = 0.1
         while True:
-            client = httpx.Client(base_url=svc.url, headers={"Authorization": f"Bearer {svc.token}"},
-                                  timeout=httpx.Timeout(MAX_WAIT_S + 30, connect=10.0))
             try:
                 if svc.tunnel is not None:
                     svc.tunnel.ensure()
-                response = client.send(client.build_request("POST", COMPLETIONS_STREAM, json=body), stream=True)
+                request = svc.http.build_request("POST", COMPLETIONS_STREAM, json=body)
+                response = svc.http.send(request, stream=True)  # a connection of its own from the pool
                 if response.status_code == 200:
                     break
                 response.read()
-                client.close()
+                response.close()
                 if response.status_code == 404 and "error" not in response.text:  # no such route: an older service
                     svc._no_stream = True
                     self._fallback = RemoteCompletionWatch(svc, set(self.exp_ids))
@@ -232,7 +233,6 @@ class StreamingCompletionWatch:
                     raise EqflowError(f"HTTP {response.status_code}")
                 problem = f"HTTP {response.status_code}"
             except httpx.TransportError as exc:
-                client.close()
                 problem = f"{type(exc).__name__}: {exc}"
             if time.monotonic() >= deadline:
                 raise DatabaseUnavailable(f"service at {svc.url} unreachable for {svc.retry_timeout:.0f}s "
@@ -240,16 +240,21 @@ class StreamingCompletionWatch:
             log.warning("retrying the completions stream", extra={"problem": problem})
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
-        self._client, self._streaming = client, set(checked)
-        lines = self._lines
-        threading.Thread(target=_read_stream, args=(response, lines), name="eqflow-completions", daemon=True).start()
+        self._response, self._streaming = response, set(checked)
+        threading.Thread(target=_read_stream, args=(response, self._lines), name="eqflow-completions",
+                         daemon=True).start()
 
     def _shut(self) -> None:
-        """Close the open stream, if any: its reader ends (and its _ENDED is dropped with the queue)."""
-        if self._client is not None:
-            self._client.close()
-            self._client, self._streaming = None, set()
-            self._lines = queue.Queue()
+        """Cut the open stream, if any. Its socket is shut down rather than closed: that wakes
+        the reader blocked on it (which then closes the response) and tells the service at once."""
+        if self._response is not None:
+            stream = self._response.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            self._response, self._streaming = None, set()
+            self._lines = queue.Queue()  # what the cut stream still puts is not read
 
     def close(self) -> None:
         if self._fallback is not None:
@@ -262,7 +267,7 @@ def _read_stream(response: httpx.Response, lines: queue.Queue[Any]) -> None:
         for line in response.iter_lines():
             if line:
                 lines.put(json.loads(line))
-    except (httpx.HTTPError, ValueError, RuntimeError):  # cut off (closed here, or the service went)
+    except (httpx.HTTPError, OSError, ValueError, RuntimeError):  # cut off (here, or the service went)
         pass
     finally:
         lines.put(_ENDED)

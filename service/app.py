@@ -330,6 +330,14 @@ def _op(request: Request, name: str, args: dict[str, Any], batch: int = 0) -> di
     return _ctx(request).op(name, args, batch)
 
 
+async def _answer(request: Request, name: str, args: dict[str, Any], batch: int = 0) -> PlainResponse:
+    """_op in one trip to a worker thread, its answer written as JSON by pydantic-core (a sync
+    route makes two trips, the second to check a dict against dict[str, Any])."""
+    ctx = _ctx(request)
+    out = await ctx.in_thread(partial(ctx.op, name, args, batch))
+    return PlainResponse(to_json(out), media_type="application/json")
+
+
 router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
 pages = APIRouter()
 
@@ -432,9 +440,9 @@ def _wait_s(timeout: float) -> float:
 
 
 @router.post("/tasks", tags=["tasks"])
-def submit(request: Request, body: SubmitBody) -> dict[str, Any]:
+async def submit(request: Request, body: SubmitBody) -> PlainResponse:
     """Queue tasks (all or nothing). Repeating an idempotency key returns the first ids."""
-    return _op(request, "submit", body.model_dump(), len(body.payloads))
+    return await _answer(request, "submit", body.model_dump(), len(body.payloads))
 
 
 @router.post("/tasks/claim", tags=["pools"])
@@ -510,52 +518,52 @@ async def _long_poll(request: Request, ctx: _Context, deadline: float,
 
 
 @router.post("/tasks/report", tags=["pools"])
-def report(request: Request, body: ReportBody) -> dict[str, Any]:
+async def report(request: Request, body: ReportBody) -> PlainResponse:
     """Complete claimed tasks; only the current lease holder's report is accepted."""
-    return _op(request, "report", body.model_dump(), len(body.results))
+    return await _answer(request, "report", body.model_dump(), len(body.results))
 
 
 @router.post("/tasks/report-claim", tags=["pools"])
-def report_and_claim(request: Request, body: ReportClaimBody) -> dict[str, Any]:
+async def report_and_claim(request: Request, body: ReportClaimBody) -> PlainResponse:
     """Complete claimed tasks and claim up to n more, in one statement and one commit (a
     worker at steady state); never waits for work: use /tasks/claim when it comes back empty."""
-    return _op(request, "report_and_claim", body.model_dump(), max(len(body.results), body.n))
+    return await _answer(request, "report_and_claim", body.model_dump(), max(len(body.results), body.n))
 
 
 @router.post("/tasks/fail", tags=["pools"])
-def fail(request: Request, body: FailBody) -> dict[str, Any]:
+async def fail(request: Request, body: FailBody) -> PlainResponse:
     """Report failed runs; retried until max_attempts when retry is true."""
-    return _op(request, "report_failure", body.model_dump(), len(body.failures))
+    return await _answer(request, "report_failure", body.model_dump(), len(body.failures))
 
 
 @router.post("/tasks/release", tags=["pools"])
-def release(request: Request, body: LeasesBody) -> dict[str, Any]:
+async def release(request: Request, body: LeasesBody) -> PlainResponse:
     """Give claimed tasks back to the queue unrun."""
-    return _op(request, "release", {"tasks": body.model_dump()["tasks"]}, len(body.tasks))
+    return await _answer(request, "release", {"tasks": body.model_dump()["tasks"]}, len(body.tasks))
 
 
 @router.post("/tasks/heartbeat", tags=["pools"])
-def heartbeat(request: Request, body: LeasesBody) -> dict[str, Any]:
+async def heartbeat(request: Request, body: LeasesBody) -> PlainResponse:
     """Extend the leases of held tasks."""
-    return _op(request, "extend_leases", body.model_dump(), len(body.tasks))
+    return await _answer(request, "extend_leases", body.model_dump(), len(body.tasks))
 
 
 @router.post("/tasks/query", tags=["tasks"])
-def query(request: Request, body: IdsBody) -> dict[str, Any]:
+async def query(request: Request, body: IdsBody) -> PlainResponse:
     """Status, priority, pool and result of many tasks."""
-    return _op(request, "info", body.model_dump(), len(body.task_ids))
+    return await _answer(request, "info", body.model_dump(), len(body.task_ids))
 
 
 @router.post("/tasks/priorities", tags=["tasks"])
-def priorities(request: Request, body: PrioritiesBody) -> dict[str, Any]:
+async def priorities(request: Request, body: PrioritiesBody) -> PlainResponse:
     """Reprioritize queued tasks: one value, or one per task."""
-    return _op(request, "set_priorities", body.model_dump(), len(body.task_ids))
+    return await _answer(request, "set_priorities", body.model_dump(), len(body.task_ids))
 
 
 @router.post("/tasks/cancel", tags=["tasks"])
-def cancel(request: Request, body: IdsBody) -> dict[str, Any]:
+async def cancel(request: Request, body: IdsBody) -> PlainResponse:
     """Cancel queued tasks."""
-    return _op(request, "cancel", body.model_dump(), len(body.task_ids))
+    return await _answer(request, "cancel", body.model_dump(), len(body.task_ids))
 
 
 @router.post("/tasks/completions", tags=["tasks"])

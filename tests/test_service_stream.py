@@ -94,6 +94,24 @@ def test_a_stream_whose_client_left_ends(service: ServiceProcess, db_url: str) -
         queue.close()
 
 
+def test_an_as_completed_that_stops_early_closes_its_stream(service: ServiceProcess, db_url: str) -> None:
+    stq = ServiceTaskQueue(service.url, TOKEN, retry_timeout=10)
+    queue = LocalTaskQueue(db_url, migrate=False)
+    try:
+        futures = stq.submit_many("early", 4, ["a", "b"])
+        finish(queue, 4, "r")
+        for _ in range(3):  # pop_completed in a loop would leave a stream behind on each call
+            [fut] = list(as_completed(futures, n=1, timeout=10))
+            assert fut.result() == "r"
+        deadline = time.monotonic() + 5
+        while long_polls(service):
+            assert time.monotonic() < deadline, "streams of finished as_completed calls linger"
+            time.sleep(0.05)
+    finally:
+        queue.close()
+        stq.close()
+
+
 def _slow_worker(db_url: str, task_type: int, stop: threading.Event, per_task_s: float = 0.01) -> threading.Thread:
     def work() -> None:
         queue = LocalTaskQueue(db_url, migrate=False)
