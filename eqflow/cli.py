@@ -58,7 +58,8 @@ def _bench(args: argparse.Namespace) -> int:
             figures = service_bench.run_long_polls(args.url, long_polls=args.long_polls, clients=args.clients,
                                                    duration_s=args.seconds, progress=say)
         else:
-            figures = service_bench.run(args.url, n_e2e=args.tasks or 20_000, workers=args.workers, progress=say)
+            figures = service_bench.run(args.url, n_e2e=args.tasks or 20_000, workers=args.workers,
+                                        rounds=args.rounds or 3, progress=say)
     elif args.suite == "pool":
         from eqflow.bench import pool_bench
 
@@ -74,7 +75,7 @@ def _bench(args: argparse.Namespace) -> int:
     elif args.suite == "peers":
         from eqflow.bench import peers_bench
 
-        figures = peers_bench.run(args.url, n=args.tasks or 5000, workers=args.workers, rounds=args.rounds,
+        figures = peers_bench.run(args.url, n=args.tasks or 5000, workers=args.workers, rounds=args.rounds or 2,
                                   me_queued=args.me_queued, me_claims=args.me_claims,
                                   peers=args.peers.split(",") if args.peers else None, progress=say)
         print(peers_bench.table(figures), file=sys.stderr)
@@ -192,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--clients", type=int, default=20, help="service --long-polls: active clients")
     bench.add_argument("--seconds", type=float, default=15.0, help="service --long-polls: seconds per scenario")
     bench.add_argument("--peers", default=None, help="peers: which (default eqsql,pgqueuer, those installed)")
-    bench.add_argument("--rounds", type=int, default=2, help="peers: alternating rounds")
+    bench.add_argument("--rounds", type=int, default=None,
+                       help="peers, service: alternating rounds (default 2 and 3)")
     bench.add_argument("--me-queued", type=int, default=100_000, help="peers: queued tasks of the ME workload")
     bench.add_argument("--me-claims", type=int, default=1000, help="peers: claims after the ME's reprioritization")
     bench.add_argument("--million", action="store_true", help="scale: 100,000 and 1,000,000 tasks (default 10x less)")

@@ -215,11 +215,11 @@ class LocalTaskQueue:
         return inbox
 
     def _claim_now(self, types: tuple[int, ...], n: int, pool: str, lease: float) -> list[ClaimedTask]:
+        return [ClaimedTask(*row) for row in self._claim_rows(types, n, pool, lease)]
+
+    def _claim_rows(self, types: tuple[int, ...], n: int, pool: str, lease: float) -> list[tuple[Any, ...]]:
         rows = self.db.fetch_all("claim_tasks", {"task_types": list(types), "n": n, "pool": pool, "lease_s": lease})
-        tasks = [ClaimedTask(tid, exp, typ, prio, payload, tag, attempt, claim_id, pool)
-                 for tid, exp, typ, prio, payload, tag, attempt, claim_id in rows]
-        tasks.sort(key=lambda t: (-t.priority, t.task_id))
-        return tasks
+        return _claimed_rows(rows, pool)
 
     def report(self, results: Iterable[tuple[ClaimedTask, str]]) -> set[int]:
         """Complete claimed tasks with their results, in one statement.
@@ -251,25 +251,31 @@ class LocalTaskQueue:
         claim() with a timeout when this comes back empty-handed.
         """
         pairs = list(results)
+        ids, claims = validate.held((task for task, _ in pairs), "report_and_claim")
+        accepted, rows = self._report_and_claim_rows(ids, claims, [r for _, r in pairs], task_types, n, pool,
+                                                     lease_s)
+        return accepted, [ClaimedTask(*row) for row in rows]
+
+    def _report_and_claim_rows(self, ids: list[int], claims: list[int | None], results: list[Any],
+                               task_types: int | Iterable[int], n: int, pool: str,
+                               lease_s: float | None) -> tuple[set[int], list[tuple[Any, ...]]]:
+        """report_and_claim for task and claim ids already checked (the service gets them as
+        numbers, not as ClaimedTasks); the tasks claimed come as rows of ClaimedTask's fields."""
         types = validate.task_types(task_types)
         n = validate.count(n, "n", 0)
         pool = validate.text(pool, "pool", 200)
         lease = validate.optional_lease(lease_s, self.lease_s)
-        if not pairs:
-            return set(), (self._claim_now(types, n, pool, lease) if n else [])
-        ids, held = _held((task for task, _ in pairs), "report_and_claim")
-        texts = [validate.text(result, "result", self.max_payload_bytes) for _, result in pairs]
-        params: dict[str, Any] = {**held, "results": texts, "n": n, "pool": pool, "lease_s": lease}
-        params["task_types"] = list(types)
-        rows = self.db.fetch_all("report_and_claim", params, then=ANNOUNCE)
+        texts = [validate.text(result, "result", self.max_payload_bytes) for result in results]
+        if not ids:
+            return set(), (self._claim_rows(types, n, pool, lease) if n else [])
+        rows = self.db.fetch_all("report_and_claim", {
+            "task_ids": IntArray(ids), "claim_ids": IntArray(claims), "results": texts, "n": n, "pool": pool,
+            "lease_s": lease, "task_types": list(types)}, then=ANNOUNCE)
         accepted = {r[1] for r in rows if not r[0]}
-        tasks = [ClaimedTask(tid, exp, typ, prio, payload, tag, attempt, claim_id, pool)
-                 for claimed, tid, exp, typ, prio, payload, tag, attempt, claim_id in rows if claimed]
-        tasks.sort(key=lambda t: (-t.priority, t.task_id))
         if len(accepted) < len(set(ids)):
             log.warning("reports rejected: lease no longer held",
                         extra={"task_ids": sorted(set(ids) - accepted)[:20]})
-        return accepted, tasks
+        return accepted, _claimed_rows([r[1:] for r in rows if r[0]], pool)
 
     def report_failure(self, failures: Iterable[tuple[ClaimedTask, str]], retry: bool = True) -> dict[int, TaskStatus]:
         """Report failed runs. With retry, a task goes back to the queue until its
@@ -445,6 +451,14 @@ class LocalTaskQueue:
     def pool_inbox(self, pool_id: int) -> Inbox:
         """An inbox woken when this pool is told to stop."""
         return self._listener.subscribe("eqflow_pool", {str(validate.id64(pool_id, "pool_id"))})
+
+
+def _claimed_rows(rows: list[tuple[Any, ...]], pool: str) -> list[tuple[Any, ...]]:
+    """Claimed tasks (task_id, exp_id, task_type, priority, payload, tag, attempt, claim_id) with
+    their pool: ClaimedTask's fields, highest priority first."""
+    out = [(*row, pool) for row in rows]
+    out.sort(key=lambda row: (-row[3], row[0]))
+    return out
 
 
 def _held(tasks: Iterable[Any], what: str) -> tuple[list[int], dict[str, IntArray]]:

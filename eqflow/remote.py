@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from eqflow.models import ClaimedTask, ExperimentEvent, PoolInfo, StopMode, Task
 from eqflow.queue import LocalTaskQueue
 
 MAX_WAIT_S = 25.0  # longest a remote call blocks (claim, completions) before answering
+CLAIMED_FIELDS = tuple(f.name for f in fields(ClaimedTask))
 
 
 def _capped_wait(timeout: Any) -> float:
@@ -37,9 +38,10 @@ def _claim(q: LocalTaskQueue, task_types: list[int], n: int = 1, pool: str = "de
 
 def _report_and_claim(q: LocalTaskQueue, results: list[dict[str, Any]], task_types: list[int], n: int = 1,
                       pool: str = "default", lease_s: float | None = None) -> dict[str, Any]:
-    accepted, tasks = q.report_and_claim(zip(_leases(results), [r["result"] for r in results], strict=True),
-                                         task_types, n=n, pool=pool, lease_s=lease_s)
-    return {"accepted": sorted(accepted), "tasks": [_task_dict(t) for t in tasks]}
+    ids, claims = _lease_ids(results)
+    accepted, rows = q._report_and_claim_rows(ids, claims, [r["result"] for r in results], task_types, n, pool,
+                                              lease_s)
+    return {"accepted": sorted(accepted), "tasks": [dict(zip(CLAIMED_FIELDS, row, strict=True)) for row in rows]}
 
 
 def _task_dict(task: ClaimedTask) -> dict[str, Any]:
@@ -50,11 +52,17 @@ def _task_dict(task: ClaimedTask) -> dict[str, Any]:
             "claim_id": task.claim_id, "pool": task.pool}
 
 
-def _leases(tasks: list[dict[str, Any]]) -> list[ClaimedTask]:
+def _lease_ids(tasks: list[dict[str, Any]]) -> tuple[list[int], list[int | None]]:
+    """The task and claim ids of a report, a release or a heartbeat, checked."""
     ids = validate.task_ids(t["task_id"] for t in tasks)
     claims = [t.get("claim_id") for t in tasks]
     if any(c is not None and not 0 <= c < 2**63 for c in claims):
         raise errors.InvalidInput("claim ids must be None or 64-bit non-negative ints")
+    return ids, claims
+
+
+def _leases(tasks: list[dict[str, Any]]) -> list[ClaimedTask]:
+    ids, claims = _lease_ids(tasks)
     return [ClaimedTask(tid, "", 0, 0, "", None, 0, c, "") for tid, c in zip(ids, claims, strict=True)]
 
 
