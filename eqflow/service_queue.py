@@ -176,6 +176,8 @@ class StreamingCompletionWatch:
         self._lines: queue.Queue[Any] = queue.Queue()
         self._response: httpx.Response | None = None  # the open stream's
         self._streaming: set[int] = set()  # the ids the open stream watches
+        self._unsent: set[int] = set()  # those of them it has not sent yet
+        self._reader: threading.Thread | None = None
         self._fallback: RemoteCompletionWatch | None = None
 
     def finished(self, pending: dict[int, Future], timeout: float | None) -> list[tuple[Any, ...]]:
@@ -197,13 +199,14 @@ class StreamingCompletionWatch:
         rows: list[tuple[Any, ...]] = []
         for item in items:
             if item is _ENDED:
-                self._shut()  # the next call opens a new stream, if anything is still pending
+                self._shut(ended=True)  # the next call opens a new stream, if anything is still pending
             elif "error" in item:
-                self._shut()
+                self._shut(ended=True)  # the service ends the stream after an error line
                 if item["error"].get("type") != "DatabaseUnavailable":  # that one: retried on reopening
                     raise_error(item["error"])
             else:
                 rows.extend(tuple(r) for r in item["finished"])
+                self._unsent.difference_update(r[0] for r in item["finished"])
         return rows
 
     def _open(self, ids: list[int]) -> None:
@@ -240,21 +243,29 @@ class StreamingCompletionWatch:
             log.warning("retrying the completions stream", extra={"problem": problem})
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
-        self._response, self._streaming = response, set(checked)
-        threading.Thread(target=_read_stream, args=(response, self._lines), name="eqflow-completions",
-                         daemon=True).start()
+        self._response, self._streaming, self._unsent = response, set(checked), set(checked)
+        self._reader = threading.Thread(target=_read_stream, args=(response, self._lines), name="eqflow-completions",
+                                        daemon=True)
+        self._reader.start()
 
-    def _shut(self) -> None:
-        """Cut the open stream, if any. Its socket is shut down rather than closed: that wakes
-        the reader blocked on it (which then closes the response) and tells the service at once."""
-        if self._response is not None:
+    def _shut(self, *, ended: bool = False) -> None:
+        """Drop the open stream, if any. One that ``ended`` (or that has sent all its ids and
+        ends in a moment) leaves its connection to the client's pool. One still open is cut: its
+        socket is shut down rather than closed, which wakes the reader blocked on it (that then
+        closes the response) and tells the service at once."""
+        if self._response is None:
+            return
+        reader = self._reader
+        if reader is not None and (ended or not self._unsent):
+            reader.join(timeout=1.0 if ended else 0.1)
+        if reader is not None and reader.is_alive():
             stream = self._response.extensions.get("network_stream")
             sock = stream.get_extra_info("socket") if stream is not None else None
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-            self._response, self._streaming = None, set()
-            self._lines = queue.Queue()  # what the cut stream still puts is not read
+        self._response, self._reader, self._streaming, self._unsent = None, None, set(), set()
+        self._lines = queue.Queue()  # what a cut stream still puts is not read
 
     def close(self) -> None:
         if self._fallback is not None:

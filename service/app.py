@@ -649,6 +649,8 @@ class _CompletionStream:
                 if rows:
                     self.wanted.difference_update(r[0] for r in rows)
                     yield to_json({"finished": rows}) + b"\n"
+                    if not self.wanted:
+                        return  # at once: the client's connection is free for its next request
                     await asyncio.sleep(GATHER_S)  # completions stream in: take them in batches
                 try:
                     rows = await self._next_rows()
