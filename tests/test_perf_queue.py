@@ -382,3 +382,22 @@ def test_streaming_completions_are_looked_up_together_and_a_lone_one_at_once(que
     threading.Timer(0.3, lambda: queue.report([(held[2], "3")])).start()
     assert sorted(f.result() for f in stream) == ["2", "3"]
     assert len(looked_up) == 1 and sorted(looked_up[0]) == sorted(t.task_id for t in held[1:])
+
+
+def test_service_benchmark_pairs_local_and_service_in_alternating_rounds(db_url):
+    """`eqflow bench service` on a few hundred tasks: one ratio per round, from figures taken
+    side by side, and their median; then the one-process pair."""
+    import statistics
+
+    from eqflow.bench import service_bench
+
+    figures = service_bench.run(db_url, n_e2e=300, workers=2, batch=20, latency_rounds=5, processes=2, rounds=2)
+    e2e = figures["end_to_end_tasks_per_s"]
+    assert len(e2e["local"]) == len(e2e["service"]) == 2 and min(e2e["local"] + e2e["service"]) > 0
+    ratios = figures["end_to_end_service_over_local"]
+    for ratio, loc, svc in zip(ratios, e2e["local"], e2e["service"], strict=True):
+        assert abs(ratio - svc / loc) <= 0.011  # from the unrounded rates
+    assert abs(figures["end_to_end_service_over_local_median"] - statistics.median(ratios)) <= 0.011
+    assert len(figures["latency_p50_service_over_local"]) == 2
+    assert all(p > 0 for p in figures["latency_p50_ms"]["service"])
+    assert figures["one_process"]["service"] > 0 and figures["service_processes"] == 2
