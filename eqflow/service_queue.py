@@ -95,23 +95,30 @@ class ServiceTaskQueue(RemoteTaskQueue):
     def _op(self, op: str, args: dict[str, Any], *, idempotent: bool = True) -> dict[str, Any]:
         method, path = ROUTES[op]
         params = {k: v for k, v in args.items() if v is not None} if method == "GET" else None
-        body = args if method == "POST" else None
+        return self._decode(self._send(method, path, params=params, body=args if method == "POST" else None, op=op))
+
+    def _send(self, method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None,
+              stream: bool = False, op: str = "") -> httpx.Response:
+        """The service's first answer that is not a 502, 503 or 504: those and connection errors
+        are retried until ``retry_timeout``."""
         deadline = time.monotonic() + self.retry_timeout
         delay = 0.1
         while True:
             try:
                 if self.tunnel is not None:
                     self.tunnel.ensure()
-                response = self.http.request(method, path, params=params, json=body)
+                request = self.http.build_request(method, path, params=params, json=body)
+                response = self.http.send(request, stream=stream)
                 if response.status_code not in RETRY_STATUS:
-                    return self._decode(response)
+                    return response
+                response.close()
                 problem: str = f"HTTP {response.status_code}"
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             if time.monotonic() >= deadline:
                 raise DatabaseUnavailable(f"service at {self.url} unreachable for {self.retry_timeout:.0f}s "
                                           f"({problem})")
-            log.warning("retrying service call", extra={"op": op, "problem": problem})
+            log.warning("retrying service call", extra={"op": op or path, "problem": problem})
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 
@@ -215,34 +222,16 @@ class StreamingCompletionWatch:
         svc = self.service
         checked = validate.task_ids(ids)
         body = {"task_ids": checked, "exp_ids": self.exp_ids, "timeout": MAX_WAIT_S}
-        deadline = time.monotonic() + svc.retry_timeout
-        delay = 0.1
-        while True:
-            try:
-                if svc.tunnel is not None:
-                    svc.tunnel.ensure()
-                request = svc.http.build_request("POST", COMPLETIONS_STREAM, json=body)
-                response = svc.http.send(request, stream=True)  # a connection of its own from the pool
-                if response.status_code == 200:
-                    break
-                response.read()
-                response.close()
-                if response.status_code == 404 and "error" not in response.text:  # no such route: an older service
-                    svc._no_stream = True
-                    self._fallback = RemoteCompletionWatch(svc, set(self.exp_ids))
-                    return
-                if response.status_code not in RETRY_STATUS:
-                    svc._decode(response)  # raises the service's error
-                    raise EqflowError(f"HTTP {response.status_code}")
-                problem = f"HTTP {response.status_code}"
-            except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            if time.monotonic() >= deadline:
-                raise DatabaseUnavailable(f"service at {svc.url} unreachable for {svc.retry_timeout:.0f}s "
-                                          f"({problem})")
-            log.warning("retrying the completions stream", extra={"problem": problem})
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+        response = svc._send("POST", COMPLETIONS_STREAM, body=body, stream=True)  # a connection of its own
+        if response.status_code != 200:
+            response.read()
+            response.close()
+            if response.status_code == 404 and "error" not in response.text:  # no such route: an older service
+                svc._no_stream = True
+                self._fallback = RemoteCompletionWatch(svc, set(self.exp_ids))
+                return
+            svc._decode(response)  # raises the service's error
+            raise EqflowError(f"HTTP {response.status_code}")
         self._response, self._streaming, self._unsent = response, set(checked), set(checked)
         self._reader = threading.Thread(target=_read_stream, args=(response, self._lines), name="eqflow-completions",
                                         daemon=True)

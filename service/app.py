@@ -624,7 +624,7 @@ async def completions_stream(request: Request, body: CompletionsBody) -> Streami
         raise
     stream = _CompletionStream(ctx, wanted, deadline, _Waiter(inbox, unsubscribe))
     return StreamingResponse(stream.lines(first), media_type="application/x-ndjson",
-                             background=BackgroundTask(stream.close))  # closes one that never ran
+                             background=BackgroundTask(stream.aclose))  # closes one that never ran
 
 
 class _CompletionStream:
@@ -642,6 +642,9 @@ class _CompletionStream:
             self.closed = True
             self.waiter.close()
             self.ctx.long_polls -= 1
+
+    async def aclose(self) -> None:  # a coroutine, so that BackgroundTask runs it on the event loop
+        self.close()
 
     async def lines(self, rows: list[list[Any]]) -> AsyncIterator[bytes]:
         try:

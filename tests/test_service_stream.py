@@ -26,6 +26,13 @@ def long_polls(service: ServiceProcess) -> int:
     return int(httpx.get(service.url + "/health", headers=AUTH).json()["long_polls"])
 
 
+def wait_until_no_long_polls(service: ServiceProcess, within_s: float, what: str) -> None:
+    deadline = time.monotonic() + within_s
+    while long_polls(service):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
 def finish(queue: LocalTaskQueue, task_type: int, result: str) -> int:
     [task] = queue.claim(task_type, pool="t")
     assert queue.report([(task, result)]) == {task.task_id}
@@ -55,10 +62,7 @@ def test_the_stream_sends_each_finished_task_once_as_it_finishes(service: Servic
             assert list(lines) == []  # every id was sent: the stream ends
         assert time.monotonic() - started < 15  # long before its 20 s
         assert sorted(r[0] for rows in seen for r in rows) == sorted(ids)
-        deadline = time.monotonic() + 5
-        while long_polls(service):
-            assert time.monotonic() < deadline, "the finished stream still counts as waiting"
-            time.sleep(0.05)
+        wait_until_no_long_polls(service, 5, "the finished stream still counts as waiting")
     finally:
         queue.close()
 
@@ -86,10 +90,7 @@ def test_a_stream_whose_client_left_ends(service: ServiceProcess, db_url: str) -
                                stream=True)
         assert response.status_code == 200 and long_polls(service) == 1
         client.close()  # the ME went away mid-stream
-        deadline = time.monotonic() + 10
-        while long_polls(service):
-            assert time.monotonic() < deadline, "the stream of a gone client lingers"
-            time.sleep(0.05)
+        wait_until_no_long_polls(service, 10, "the stream of a gone client lingers")
     finally:
         queue.close()
 
@@ -103,10 +104,7 @@ def test_an_as_completed_that_stops_early_closes_its_stream(service: ServiceProc
         for _ in range(3):  # pop_completed in a loop would leave a stream behind on each call
             [fut] = list(as_completed(futures, n=1, timeout=10))
             assert fut.result() == "r"
-        deadline = time.monotonic() + 5
-        while long_polls(service):
-            assert time.monotonic() < deadline, "streams of finished as_completed calls linger"
-            time.sleep(0.05)
+        wait_until_no_long_polls(service, 5, "streams of finished as_completed calls linger")
     finally:
         queue.close()
         stq.close()
