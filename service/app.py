@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,7 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.responses import Response as PlainResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 from pydantic_core import to_json
 from starlette.background import BackgroundTask
 
@@ -137,6 +137,61 @@ class StopBody(Strict):
     mode: StrictStr = "drain"
 
 
+# The hot routes' operations, from their checked bodies: (operation of eqflow.remote.OPS,
+# arguments, batch size). FastAPI's routes below declare them (the OpenAPI schema, the docs);
+# the Guard serves them itself (see Guard._hot).
+Op = tuple[str, dict[str, Any], int]
+
+
+def _submit_op(body: SubmitBody) -> Op:
+    return "submit", body.model_dump(), len(body.payloads)
+
+
+def _report_op(body: ReportBody) -> Op:
+    return "report", body.model_dump(), len(body.results)
+
+
+def _report_claim_op(body: ReportClaimBody) -> Op:
+    return "report_and_claim", body.model_dump(), max(len(body.results), body.n)
+
+
+def _fail_op(body: FailBody) -> Op:
+    return "report_failure", body.model_dump(), len(body.failures)
+
+
+def _release_op(body: LeasesBody) -> Op:
+    return "release", {"tasks": body.model_dump()["tasks"]}, len(body.tasks)
+
+
+def _heartbeat_op(body: LeasesBody) -> Op:
+    return "extend_leases", body.model_dump(), len(body.tasks)
+
+
+def _query_op(body: IdsBody) -> Op:
+    return "info", body.model_dump(), len(body.task_ids)
+
+
+def _priorities_op(body: PrioritiesBody) -> Op:
+    return "set_priorities", body.model_dump(), len(body.task_ids)
+
+
+def _cancel_op(body: IdsBody) -> Op:
+    return "cancel", body.model_dump(), len(body.task_ids)
+
+
+HOT_ROUTES: dict[str, tuple[type[Strict], Callable[[Any], Op]]] = {
+    "/v1/tasks": (SubmitBody, _submit_op),
+    "/v1/tasks/report": (ReportBody, _report_op),
+    "/v1/tasks/report-claim": (ReportClaimBody, _report_claim_op),
+    "/v1/tasks/fail": (FailBody, _fail_op),
+    "/v1/tasks/release": (LeasesBody, _release_op),
+    "/v1/tasks/heartbeat": (LeasesBody, _heartbeat_op),
+    "/v1/tasks/query": (IdsBody, _query_op),
+    "/v1/tasks/priorities": (PrioritiesBody, _priorities_op),
+    "/v1/tasks/cancel": (IdsBody, _cancel_op),
+}
+
+
 def _error(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": {"type": kind, "message": message, **extra}}, status_code=status)
 
@@ -177,11 +232,13 @@ class Guard:
     with 413. Then the body is read with a per-read timeout (a client that goes silent mid-body
     is answered 408 and dropped) and a size limit (for bodies without a declared length)."""
 
-    def __init__(self, app: Any, tokens: list[bytes], limit: int, body_timeout_s: float) -> None:
+    def __init__(self, app: Any, tokens: list[bytes], limit: int, body_timeout_s: float,
+                 ctx: _Context | None = None) -> None:
         self.app = app
         self.tokens = tokens
         self.limit = limit
         self.body_timeout_s = body_timeout_s
+        self.ctx = ctx  # given: the hot routes are served here (see _hot)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -194,9 +251,8 @@ class Guard:
             await _closing(_unauthorized_response())(scope, receive, send)
             return
         declared = headers.get(b"content-length")
-        too_big = _closing(_error(413, "PayloadTooLarge", f"request body over the limit of {self.limit} bytes"))
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await too_big(scope, receive, send)
+            await self._too_big()(scope, receive, send)
             return
         chunks: list[bytes] = []
         seen, more = 0, True
@@ -213,12 +269,46 @@ class Guard:
             chunk = message.get("body", b"")
             seen += len(chunk)
             if seen > self.limit:
-                await too_big(scope, receive, send)
+                await self._too_big()(scope, receive, send)
                 return
             if chunk:
                 chunks.append(chunk)
             more = message.get("more_body", False)
+        hot = HOT_ROUTES.get(path) if self.ctx is not None and scope.get("method") == "POST" else None
+        if hot is not None and _json_content(headers.get(b"content-type")):
+            await self._hot(*hot, b"".join(chunks), scope, receive, send)
+            return
         await self.app(scope, _replay(chunks, receive), send)
+
+    def _too_big(self) -> JSONResponse:
+        return _closing(_error(413, "PayloadTooLarge", f"request body over the limit of {self.limit} bytes"))
+
+    async def _hot(self, model: type[Strict], op: Callable[[Any], Op], body: bytes, scope: dict[str, Any],
+                   receive: Receive, send: Send) -> None:
+        """A hot route (HOT_ROUTES) answered here, as its FastAPI route would answer it: the
+        body checked by its model (pydantic-core parses the JSON itself), the operation run in
+        one trip to a worker thread. The token was checked above; FastAPI's routing, dependency
+        solving and middleware stack would cost about as much as the operation."""
+        assert self.ctx is not None
+        response: PlainResponse
+        try:
+            checked = model.model_validate_json(body)
+        except ValidationError as exc:
+            response = _invalid_response([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()])
+        else:
+            try:
+                out = await self.ctx.in_thread(partial(self.ctx.op, *op(checked)))
+                response = PlainResponse(to_json(out), media_type="application/json")
+            except _Raised as exc:
+                response = JSONResponse({"error": exc.error}, status_code=exc.status)
+            except errors.EqflowError as exc:
+                response = _eqflow_error_response(exc)
+        await response(scope, receive, send)
+
+
+def _json_content(content_type: bytes | None) -> bool:
+    """A body FastAPI would read as JSON (none declared, or application/json)."""
+    return content_type is None or content_type.split(b";")[0].strip().lower() == b"application/json"
 
 
 def _replay(chunks: list[bytes], receive: Receive, first: MutableMapping[str, Any] | None = None) -> Receive:
@@ -442,7 +532,7 @@ def _wait_s(timeout: float) -> float:
 @router.post("/tasks", tags=["tasks"])
 async def submit(request: Request, body: SubmitBody) -> PlainResponse:
     """Queue tasks (all or nothing). Repeating an idempotency key returns the first ids."""
-    return await _answer(request, "submit", body.model_dump(), len(body.payloads))
+    return await _answer(request, *_submit_op(body))
 
 
 @router.post("/tasks/claim", tags=["pools"])
@@ -520,50 +610,50 @@ async def _long_poll(request: Request, ctx: _Context, deadline: float,
 @router.post("/tasks/report", tags=["pools"])
 async def report(request: Request, body: ReportBody) -> PlainResponse:
     """Complete claimed tasks; only the current lease holder's report is accepted."""
-    return await _answer(request, "report", body.model_dump(), len(body.results))
+    return await _answer(request, *_report_op(body))
 
 
 @router.post("/tasks/report-claim", tags=["pools"])
 async def report_and_claim(request: Request, body: ReportClaimBody) -> PlainResponse:
     """Complete claimed tasks and claim up to n more, in one statement and one commit (a
     worker at steady state); never waits for work: use /tasks/claim when it comes back empty."""
-    return await _answer(request, "report_and_claim", body.model_dump(), max(len(body.results), body.n))
+    return await _answer(request, *_report_claim_op(body))
 
 
 @router.post("/tasks/fail", tags=["pools"])
 async def fail(request: Request, body: FailBody) -> PlainResponse:
     """Report failed runs; retried until max_attempts when retry is true."""
-    return await _answer(request, "report_failure", body.model_dump(), len(body.failures))
+    return await _answer(request, *_fail_op(body))
 
 
 @router.post("/tasks/release", tags=["pools"])
 async def release(request: Request, body: LeasesBody) -> PlainResponse:
     """Give claimed tasks back to the queue unrun."""
-    return await _answer(request, "release", {"tasks": body.model_dump()["tasks"]}, len(body.tasks))
+    return await _answer(request, *_release_op(body))
 
 
 @router.post("/tasks/heartbeat", tags=["pools"])
 async def heartbeat(request: Request, body: LeasesBody) -> PlainResponse:
     """Extend the leases of held tasks."""
-    return await _answer(request, "extend_leases", body.model_dump(), len(body.tasks))
+    return await _answer(request, *_heartbeat_op(body))
 
 
 @router.post("/tasks/query", tags=["tasks"])
 async def query(request: Request, body: IdsBody) -> PlainResponse:
     """Status, priority, pool and result of many tasks."""
-    return await _answer(request, "info", body.model_dump(), len(body.task_ids))
+    return await _answer(request, *_query_op(body))
 
 
 @router.post("/tasks/priorities", tags=["tasks"])
 async def priorities(request: Request, body: PrioritiesBody) -> PlainResponse:
     """Reprioritize queued tasks: one value, or one per task."""
-    return await _answer(request, "set_priorities", body.model_dump(), len(body.task_ids))
+    return await _answer(request, *_priorities_op(body))
 
 
 @router.post("/tasks/cancel", tags=["tasks"])
 async def cancel(request: Request, body: IdsBody) -> PlainResponse:
     """Cancel queued tasks."""
-    return await _answer(request, "cancel", body.model_dump(), len(body.task_ids))
+    return await _answer(request, *_cancel_op(body))
 
 
 @router.post("/tasks/completions", tags=["tasks"])
@@ -770,8 +860,12 @@ async def _unauthorized(_: Request, __: Exception) -> JSONResponse:
 
 async def _invalid(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10])
-    return _error(422, "InvalidInput", problems)
+    return _invalid_response(exc.errors())
+
+
+def _invalid_response(problems: Sequence[Any]) -> JSONResponse:
+    text = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in list(problems)[:10])
+    return _error(422, "InvalidInput", text)
 
 
 def _public(error: dict[str, Any]) -> dict[str, Any]:
@@ -783,6 +877,10 @@ def _public(error: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _eqflow_error(_: Request, exc: Exception) -> JSONResponse:
+    return _eqflow_error_response(exc)
+
+
+def _eqflow_error_response(exc: Exception) -> JSONResponse:
     body = _public(error_dict(exc))
     return JSONResponse({"error": body}, status_code=STATUS.get(body["type"], 400))
 
@@ -865,7 +963,7 @@ def create_app(config: ServiceConfig | None = None, queue: LocalTaskQueue | None
     """The ASGI app to serve: build_app() behind the Guard (token before body, body limit and timeout)."""
     app = build_app(config, queue)
     ctx: _Context = app.state.ctx
-    return Guard(app, ctx.tokens, ctx.cfg.max_body_bytes, ctx.cfg.body_timeout_s)
+    return Guard(app, ctx.tokens, ctx.cfg.max_body_bytes, ctx.cfg.body_timeout_s, ctx)
 
 
 class _Unauthorized(Exception):
