@@ -1,5 +1,8 @@
-"""ServiceTaskQueue: the task-queue API through the EMEWS service (httpx), optionally over an
-SSH tunnel that it opens, re-opens and closes itself.
+"""ServiceTaskQueue: the task-queue API through the EMEWS service, optionally over an SSH tunnel
+that it opens, re-opens and closes itself.
+
+HTTP is urllib3's: a keep-alive connection pool that spends about half the client CPU per
+request that httpx does (one request is most of a call for a single task).
 
 Every call is safe to retry (submissions carry an idempotency key; reports are idempotent;
 a claim whose reply is lost is recovered by its lease), so connection errors and 502/503/504
@@ -18,8 +21,10 @@ import threading
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit
 
-import httpx
+import urllib3
+from pydantic_core import PydanticSerializationError, to_json
 
 from eqflow import validate
 from eqflow.errors import AuthError, ConfigError, DatabaseUnavailable, EqflowError
@@ -59,6 +64,8 @@ ROUTES: dict[str, tuple[str, str]] = {
 }
 COMPLETIONS_STREAM = "/v1/tasks/completions/stream"
 RETRY_STATUS = {502, 503, 504}
+# What a request that never reached the service (or whose answer was cut off) raises.
+TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
 
 
 class ServiceTaskQueue(RemoteTaskQueue):
@@ -84,8 +91,11 @@ class ServiceTaskQueue(RemoteTaskQueue):
         self.retry_timeout = math.inf if wait is None else wait
         self._no_report_claim = False  # the service answered 404 to /v1/tasks/report-claim
         self._no_stream = False  # the service answered 404 to COMPLETIONS_STREAM
-        self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"},
-                                 timeout=httpx.Timeout(MAX_WAIT_S + 30, connect=10.0))
+        self._prefix = urlsplit(self.url).path  # a service behind a proxy, under a path
+        self._headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        # One pool for the service's host: a connection per concurrent call, kept alive.
+        self.http = urllib3.connection_from_url(self.url, maxsize=8, block=False, retries=False,
+                                                timeout=urllib3.Timeout(connect=10.0, read=MAX_WAIT_S + 30))
 
     def close(self) -> None:
         self.http.close()
@@ -98,22 +108,28 @@ class ServiceTaskQueue(RemoteTaskQueue):
         return self._decode(self._send(method, path, params=params, body=args if method == "POST" else None, op=op))
 
     def _send(self, method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None,
-              stream: bool = False, op: str = "") -> httpx.Response:
+              stream: bool = False, op: str = "") -> urllib3.BaseHTTPResponse:
         """The service's first answer that is not a 502, 503 or 504: those and connection errors
-        are retried until ``retry_timeout``."""
+        are retried until ``retry_timeout``. A ``stream`` answer is read by the caller, who
+        releases its connection (the others come read, their connection back in the pool)."""
         deadline = time.monotonic() + self.retry_timeout
         delay = 0.1
+        url = self._prefix + path
+        if params:
+            url += "?" + urlencode({k: _query_value(v) for k, v in params.items()}, doseq=True)
+        data = _json_body(body) if body is not None else None
         while True:
             try:
                 if self.tunnel is not None:
                     self.tunnel.ensure()
-                request = self.http.build_request(method, path, params=params, json=body)
-                response = self.http.send(request, stream=stream)
-                if response.status_code not in RETRY_STATUS:
+                response = self.http.urlopen(method, url, body=data, headers=self._headers, redirect=False,
+                                             preload_content=not stream)
+                if response.status not in RETRY_STATUS:
                     return response
-                response.close()
-                problem: str = f"HTTP {response.status_code}"
-            except httpx.TransportError as exc:
+                response.drain_conn()
+                response.release_conn()
+                problem: str = f"HTTP {response.status}"
+            except TRANSPORT_ERRORS as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             if time.monotonic() >= deadline:
                 raise DatabaseUnavailable(f"service at {self.url} unreachable for {self.retry_timeout:.0f}s "
@@ -155,17 +171,37 @@ class ServiceTaskQueue(RemoteTaskQueue):
         return RemoteCompletionWatch(self, exp_ids) if self._no_stream else StreamingCompletionWatch(self, exp_ids)
 
     @staticmethod
-    def _decode(response: httpx.Response) -> dict[str, Any]:
+    def _decode(response: urllib3.BaseHTTPResponse) -> dict[str, Any]:
         try:
-            data = response.json()
+            data = json.loads(response.data)
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
         except ValueError:
-            raise EqflowError(f"service answered HTTP {response.status_code} with non-JSON: "
-                              f"{response.text[:200]!r}") from None
-        if response.status_code == 401:
+            raise EqflowError(f"service answered HTTP {response.status} with non-JSON: "
+                              f"{response.data[:200]!r}") from None
+        if response.status == 401:
             raise AuthError(data.get("error", {}).get("message", "unauthorized"))
-        if response.status_code >= 400 or "error" in data:
-            raise_error(data.get("error", {"type": "EqflowError", "message": f"HTTP {response.status_code}"}))
-        return data  # type: ignore[no-any-return]
+        if response.status >= 400 or "error" in data:
+            raise_error(data.get("error", {"type": "EqflowError", "message": f"HTTP {response.status}"}))
+        return data
+
+
+def _json_body(body: Any) -> bytes:
+    """pydantic-core's JSON (fast); NaN stays NaN and a lone surrogate is escaped, as json
+    writes them, so that the service refuses such a body with a clear error."""
+    try:
+        return to_json(body, inf_nan_mode="constants")
+    except PydanticSerializationError:
+        return json.dumps(body).encode()
+
+
+def _query_value(value: Any) -> Any:
+    """A query parameter as FastAPI reads it (booleans as true/false; lists repeat the name)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return [_query_value(v) for v in value]
+    return value
 
 
 _ENDED = object()  # a stream's reader puts this when the stream ends, however it ends
@@ -181,7 +217,7 @@ class StreamingCompletionWatch:
         self.service = service
         self.exp_ids = sorted(validate.exp_id(e) for e in exp_ids)
         self._lines: queue.Queue[Any] = queue.Queue()
-        self._response: httpx.Response | None = None  # the open stream's
+        self._response: urllib3.BaseHTTPResponse | None = None  # the open stream's
         self._streaming: set[int] = set()  # the ids the open stream watches
         self._unsent: set[int] = set()  # those of them it has not sent yet
         self._reader: threading.Thread | None = None
@@ -223,15 +259,15 @@ class StreamingCompletionWatch:
         checked = validate.task_ids(ids)
         body = {"task_ids": checked, "exp_ids": self.exp_ids, "timeout": MAX_WAIT_S}
         response = svc._send("POST", COMPLETIONS_STREAM, body=body, stream=True)  # a connection of its own
-        if response.status_code != 200:
-            response.read()
-            response.close()
-            if response.status_code == 404 and "error" not in response.text:  # no such route: an older service
+        if response.status != 200:
+            response.read()  # kept in response.data
+            response.release_conn()
+            if response.status == 404 and b"error" not in response.data:  # no such route: an older service
                 svc._no_stream = True
                 self._fallback = RemoteCompletionWatch(svc, set(self.exp_ids))
                 return
             svc._decode(response)  # raises the service's error
-            raise EqflowError(f"HTTP {response.status_code}")
+            raise EqflowError(f"HTTP {response.status}")
         self._response, self._streaming, self._unsent = response, set(checked), set(checked)
         self._reader = threading.Thread(target=_read_stream, args=(response, self._lines), name="eqflow-completions",
                                         daemon=True)
@@ -248,8 +284,8 @@ class StreamingCompletionWatch:
         if reader is not None and (ended or not self._unsent):
             reader.join(timeout=1.0 if ended else 0.1)
         if reader is not None and reader.is_alive():
-            stream = self._response.extensions.get("network_stream")
-            sock = stream.get_extra_info("socket") if stream is not None else None
+            connection = self._response.connection
+            sock = getattr(connection, "sock", None)
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
@@ -262,13 +298,20 @@ class StreamingCompletionWatch:
         self._shut()
 
 
-def _read_stream(response: httpx.Response, lines: queue.Queue[Any]) -> None:
+def _read_stream(response: urllib3.BaseHTTPResponse, lines: queue.Queue[Any]) -> None:
+    """Put each line of a completions stream, then _ENDED. A stream read to its end gives its
+    connection back to the pool; one cut off (here, or the service went) closes it."""
+    ended = False
     try:
-        for line in response.iter_lines():
-            if line:
+        for line in response:
+            if line.strip():
                 lines.put(json.loads(line))
-    except (httpx.HTTPError, OSError, ValueError, RuntimeError):  # cut off (here, or the service went)
+        ended = True
+    except (*TRANSPORT_ERRORS, ValueError, RuntimeError):
         pass
     finally:
         lines.put(_ENDED)
-        response.close()
+        if ended:
+            response.release_conn()
+        else:
+            response.close()
