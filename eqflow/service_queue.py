@@ -94,7 +94,7 @@ class ServiceTaskQueue(RemoteTaskQueue):
         self._prefix = urlsplit(self.url).path  # a service behind a proxy, under a path
         self._headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
         # One pool for the service's host: a connection per concurrent call, kept alive.
-        self.http = urllib3.connection_from_url(self.url, maxsize=8, block=False, retries=False,
+        self.http = urllib3.connection_from_url(self.url, maxsize=32, block=False, retries=False,
                                                 timeout=urllib3.Timeout(connect=10.0, read=MAX_WAIT_S + 30))
 
     def close(self) -> None:
