@@ -297,8 +297,7 @@ class Guard:
             response = _invalid_response([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()])
         else:
             try:
-                out = await self.ctx.in_thread(partial(self.ctx.op, *op(checked)))
-                response = PlainResponse(to_json(out), media_type="application/json")
+                response = await self.ctx.answer(*op(checked))
             except _Raised as exc:
                 response = JSONResponse({"error": exc.error}, status_code=exc.status)
             except errors.EqflowError as exc:
@@ -377,6 +376,12 @@ class _Context:
             raise _Raised(STATUS.get(error["type"], 400), error)
         return out
 
+    async def answer(self, name: str, args: dict[str, Any], batch: int = 0) -> PlainResponse:
+        """op in one trip to a worker thread, its answer written as JSON by pydantic-core (a sync
+        route makes two trips, the second to check a dict against dict[str, Any])."""
+        out = await self.in_thread(partial(self.op, name, args, batch))
+        return PlainResponse(to_json(out), media_type="application/json")
+
     async def database_state(self) -> str:
         """"ok" or "unavailable", within health_timeout_s: one short probe connection at a time,
         its answer reused for HEALTH_TTL_S; a probe that takes longer goes on in the background."""
@@ -421,11 +426,7 @@ def _op(request: Request, name: str, args: dict[str, Any], batch: int = 0) -> di
 
 
 async def _answer(request: Request, name: str, args: dict[str, Any], batch: int = 0) -> PlainResponse:
-    """_op in one trip to a worker thread, its answer written as JSON by pydantic-core (a sync
-    route makes two trips, the second to check a dict against dict[str, Any])."""
-    ctx = _ctx(request)
-    out = await ctx.in_thread(partial(ctx.op, name, args, batch))
-    return PlainResponse(to_json(out), media_type="application/json")
+    return await _ctx(request).answer(name, args, batch)
 
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
