@@ -138,3 +138,21 @@ def test_stopping_reports_what_finished_and_knows_what_never_started(runner):
     assert [(t.task_id, ok) for t, ok, _ in finished] == [(1, True)]
     assert [t.task_id for t in runner.started()] == [2]
     assert [t.task_id for t in runner.queued()] == [3]
+
+
+def test_results_larger_than_one_read_of_the_pipe_come_back_whole_and_in_order():
+    """Outcomes travel as length-prefixed frames read 64 KiB at a time: a result of several
+    reads, and many small ones read together, each come back whole, to their own task."""
+    cfg = PoolConfig([1], TaskSpec(fn="eqflow.workers.tasks:noop"), n_workers=1, batch_size=40)
+    runner = _ProcessRunner(cfg)
+    try:
+        runner.task_s = 0.0  # known to be short: all 40 go to the one worker in one message
+        payloads = ["é" * 300_000 if i % 10 == 3 else f"small-{i}" for i in range(40)]
+        waiting = tasks(payloads)
+        runner.dispatch(waiting)
+        assert not waiting
+        outcomes = collect_all(runner, 40)
+        assert [t.task_id for t, _, _ in outcomes] == list(range(1, 41))
+        assert [value for _, ok, value in outcomes if ok] == payloads
+    finally:
+        runner.close()

@@ -17,13 +17,13 @@ import contextlib
 import logging
 import math
 import os
+import select
 import signal
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from multiprocessing.connection import wait as wait_connections
-from typing import Any, Protocol
+from typing import Protocol
 
 from eqflow.compat.eqsql import EQ_STOP
 from eqflow.errors import DatabaseUnavailable, InvalidInput
@@ -439,10 +439,9 @@ class _ProcessRunner:
         descriptor that becomes readable when the pool has news of its own)."""
         busy = [s for s in self.slots if s.busy]
         outcomes = []
-        watched: list[Any] = [s.conn for s in busy] + ([wake] if wake is not None else [])
-        ready = set(wait_connections(watched, timeout=timeout)) if watched else set()
+        ready = _ready([s.conn.fileno() for s in busy] + ([wake] if wake is not None else []), timeout)
         for slot in busy:
-            if slot.conn in ready:
+            if slot.conn.fileno() in ready:
                 try:
                     results = slot.take_results()
                 except (EOFError, OSError):
@@ -499,6 +498,17 @@ class _ProcessRunner:
     def close(self) -> None:
         for slot in self.slots:
             slot.close()
+
+
+def _ready(fds: list[int], timeout_s: float) -> set[int]:
+    """The descriptors that are readable (or closed) within timeout_s: a bare poll(2), where
+    multiprocessing's wait() builds and tears down a selector on every call."""
+    if not fds:
+        return set()
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return {fd for fd, _ in poller.poll(timeout_s * 1000)}
 
 
 class _ThreadRunner:

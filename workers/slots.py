@@ -12,9 +12,12 @@ import importlib
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import resource
+import select
 import shlex
 import signal
+import struct
 import subprocess
 import tempfile
 import time
@@ -109,7 +112,27 @@ def _slot_main(conn: Connection, env: dict[str, str], mem_limit_mb: int | None) 
         for task_id, payload in tasks:  # one outcome per task, sent as soon as it is known
             started = time.perf_counter()
             ok, value = run_task(spec, task_id, payload)
-            conn.send((ok, value, time.perf_counter() - started))
+            _send_outcome(conn.fileno(), (ok, value, time.perf_counter() - started))
+
+
+# Outcomes go back as frames of their own (an 8-byte length, then the pickle) written straight to
+# the pipe: the pool reads whatever is waiting in one system call and splits it, where
+# Connection.recv costs two reads and a poll (a new selector) per outcome; with short tasks that
+# was most of the pool's own CPU. Tasks go out through the Connection (one message per several).
+_LENGTH = struct.Struct("<Q")
+
+
+def _send_outcome(fd: int, outcome: tuple[bool, str, float]) -> None:
+    body = pickle.dumps(outcome, pickle.HIGHEST_PROTOCOL)
+    view = memoryview(_LENGTH.pack(len(body)) + body)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _readable(fd: int, timeout_s: float) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout_s * 1000))
 
 
 class Slot:
@@ -129,6 +152,7 @@ class Slot:
     def _start(self) -> None:
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
+        self._inbox = bytearray()  # outcome bytes read from the pipe, not yet a whole frame
         self.proc = ctx.Process(target=_slot_main, args=(child, self.env, self.mem_limit_mb), daemon=True,
                                 name=f"eqflow-worker-{self.index}")
         self.proc.start()
@@ -175,9 +199,10 @@ class Slot:
     def take_results(self) -> list[tuple[Any, tuple[bool, str, float]]]:
         """The outcomes the worker has sent, (task, (ok, value, run seconds)), at least one:
         call when its pipe is readable. Raises EOFError/OSError when the worker is gone."""
-        out = [(self.tasks[0], self.conn.recv())]  # a dead worker leaves its task in place
-        self.tasks.popleft()
-        out += self.drain()  # died after these: the next collect says so
+        out = self._outcomes()
+        while not out:  # part of a frame: the worker is writing the rest now (or died: EOF)
+            self._read()
+            out = self._outcomes()
         self.started_at = time.monotonic()
         if self.queued_bytes:
             self.queued_bytes = sum(len(t.payload) for t in list(self.tasks)[1:])
@@ -187,11 +212,29 @@ class Slot:
         """The outcomes a dead (or just killed) worker sent before it went: read them all, so
         that the first task left is the one it was running and those behind it never started
         (a worker sends each outcome before it starts its next task)."""
-        out = []
         with contextlib.suppress(EOFError, OSError):
-            while self.tasks and self.conn.poll():
-                out.append((self.tasks[0], self.conn.recv()))
-                self.tasks.popleft()
+            while self.tasks and _readable(self.conn.fileno(), 0):
+                self._read()
+        return self._outcomes()
+
+    def _read(self) -> None:
+        """Append what the pipe holds (blocks until something comes); EOFError at its end."""
+        chunk = os.read(self.conn.fileno(), 1 << 16)
+        if not chunk:
+            raise EOFError("worker pipe closed")
+        self._inbox += chunk
+
+    def _outcomes(self) -> list[tuple[Any, tuple[bool, str, float]]]:
+        """The whole frames read so far, each paired with its task (the oldest one held)."""
+        out, pos, inbox = [], 0, self._inbox
+        while self.tasks and len(inbox) - pos >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(inbox, pos)
+            end = pos + _LENGTH.size + size
+            if len(inbox) < end:
+                break
+            out.append((self.tasks.popleft(), pickle.loads(inbox[pos + _LENGTH.size:end])))
+            pos = end
+        del inbox[:pos]
         return out
 
     def died(self) -> str | None:
@@ -216,6 +259,7 @@ class Slot:
         started: they go back to the pool's waiting line)."""
         self.kill()
         self.conn.close()
+        self._inbox.clear()
         unstarted = list(self.tasks)[1:]
         self.tasks.clear()
         self.queued_bytes = 0

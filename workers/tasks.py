@@ -15,7 +15,9 @@ def noop(payload: str) -> str:
 
 def sleep(payload: str) -> str:
     """Payload: {"seconds": s}. Sleeps, then echoes the payload."""
-    time.sleep(float(json.loads(payload).get("seconds", 0.0)))
+    seconds = float(json.loads(payload).get("seconds", 0.0))
+    if seconds > 0:  # sleep(0) is still a system call: 80 µs on some virtual machines
+        time.sleep(seconds)
     return payload
 
 

@@ -19,7 +19,8 @@ BIG_N = 10_000  # tasks for the runs beside the raw loop (5,000 take it a quarte
 def _one(queue: LocalTaskQueue, task_type: int, workers: int, seconds: float, n: int, batch: int,
          prefetch: bool = True) -> float:
     launcher = LocalLauncher()
-    job = launcher.start(PoolSpec([task_type], fn="eqflow.workers.tasks:sleep", workers=workers,
+    fn = "eqflow.workers.tasks:" + ("sleep" if seconds else "noop")
+    job = launcher.start(PoolSpec([task_type], fn=fn, workers=workers,
                                   batch_size=batch, db_url=queue.url, idle_exit=2, prefetch=prefetch))
     deadline = time.monotonic() + 60
     while not any(str(p.pid) == job for p in queue.pools(active_only=True)):  # warm: pool registered
