@@ -72,8 +72,11 @@ def _start_workers(url: Any, task_type: int, count: int, batch: int) -> tuple[li
              for _ in range(count)]
     for proc in procs:
         proc.start()
-    for _ in procs:
-        ready.acquire()
+    for _ in procs:  # a worker that dies before it is ready (a failed import, say) fails the bench
+        while not ready.acquire(timeout=1):
+            if dead := [p.exitcode for p in procs if not p.is_alive()]:
+                _stop_workers(procs, stop)
+                raise RuntimeError(f"a benchmark worker exited before it was ready (exit codes {dead})")
     return procs, stop
 
 
