@@ -17,7 +17,6 @@ import contextlib
 import logging
 import math
 import os
-import select
 import signal
 import sys
 import time
@@ -33,7 +32,7 @@ from eqflow.models import ClaimedTask, StopMode
 from eqflow.notify import Inbox
 from eqflow.queue import LocalTaskQueue
 from eqflow.workers.gpu import detect_gpus, slot_devices
-from eqflow.workers.slots import Slot, TaskSpec, load_function, run_task
+from eqflow.workers.slots import Slot, TaskSpec, load_function, ready_fds, run_task
 
 log = logging.getLogger("eqflow.pool")
 
@@ -439,7 +438,7 @@ class _ProcessRunner:
         descriptor that becomes readable when the pool has news of its own)."""
         busy = [s for s in self.slots if s.busy]
         outcomes = []
-        ready = _ready([s.conn.fileno() for s in busy] + ([wake] if wake is not None else []), timeout)
+        ready = ready_fds([s.conn.fileno() for s in busy] + ([wake] if wake is not None else []), timeout)
         for slot in busy:
             if slot.conn.fileno() in ready:
                 try:
@@ -498,17 +497,6 @@ class _ProcessRunner:
     def close(self) -> None:
         for slot in self.slots:
             slot.close()
-
-
-def _ready(fds: list[int], timeout_s: float) -> set[int]:
-    """The descriptors that are readable (or closed) within timeout_s: a bare poll(2), where
-    multiprocessing's wait() builds and tears down a selector on every call."""
-    if not fds:
-        return set()
-    poller = select.poll()
-    for fd in fds:
-        poller.register(fd, select.POLLIN)
-    return {fd for fd, _ in poller.poll(timeout_s * 1000)}
 
 
 class _ThreadRunner:

@@ -129,10 +129,15 @@ def _send_outcome(fd: int, outcome: tuple[bool, str, float]) -> None:
         view = view[os.write(fd, view):]
 
 
-def _readable(fd: int, timeout_s: float) -> bool:
+def ready_fds(fds: list[int], timeout_s: float) -> set[int]:
+    """The descriptors that are readable (or closed) within timeout_s: a bare poll(2), where
+    multiprocessing's wait() builds and tears down a selector on every call."""
+    if not fds:
+        return set()
     poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(timeout_s * 1000))
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return {fd for fd, _ in poller.poll(timeout_s * 1000)}
 
 
 class Slot:
@@ -213,7 +218,7 @@ class Slot:
         that the first task left is the one it was running and those behind it never started
         (a worker sends each outcome before it starts its next task)."""
         with contextlib.suppress(EOFError, OSError):
-            while self.tasks and _readable(self.conn.fileno(), 0):
+            while self.tasks and ready_fds([self.conn.fileno()], 0):
                 self._read()
         return self._outcomes()
 
