@@ -264,7 +264,6 @@ class Slot:
         started: they go back to the pool's waiting line)."""
         self.kill()
         self.conn.close()
-        self._inbox.clear()
         unstarted = list(self.tasks)[1:]
         self.tasks.clear()
         self.queued_bytes = 0
