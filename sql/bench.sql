@@ -105,3 +105,45 @@ SELECT t.n_live_tup, t.n_dead_tup, t.autovacuum_count, t.n_tup_upd, t.n_tup_hot_
        current_setting('autovacuum_naptime')
 FROM pg_stat_user_tables t, pg_stat_user_tables m
 WHERE t.relname = 'tasks' AND m.relname = 'task_flow';
+
+-- name: peer_pgbench_update
+-- pgbench -N's transaction (its built-in "simple update" script) as a Python client sends it:
+-- this, peer_pgbench_select and peer_pgbench_insert in one transaction
+-- (benchmarks/commit_ceiling.py, on pgbench's own tables).
+UPDATE pgbench_accounts SET abalance = abalance + %(delta)s WHERE aid = %(aid)s;
+
+-- name: peer_pgbench_select
+SELECT abalance FROM pgbench_accounts WHERE aid = %(aid)s;
+
+-- name: peer_pgbench_insert
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime)
+VALUES (%(tid)s, %(bid)s, %(aid)s, %(delta)s, CURRENT_TIMESTAMP);
+
+-- name: ladder_quiet_session
+-- For ladder_report_and_claim's connection only: its updates of tasks skip the metrics and queue
+-- triggers (eqflow.counted, 0013) and announce nothing (eqflow.notify_done 'none', 0010) for the
+-- rest of the session.
+SELECT set_config('eqflow.counted', 'on', false), set_config('eqflow.notify_done', 'none', false);
+
+-- name: ladder_report_and_claim
+-- The least a batch-1 worker's statement can do on eqflow's tables (benchmarks/commit_ceiling.py):
+-- report the held task and claim the next one, as eqflow_report_and_claim does, without its
+-- counters or its announcement. Not used by eqflow itself.
+WITH reported AS (
+    UPDATE tasks t
+    SET status = 'complete', result = %(result)s, error = NULL, finished_at = now(), lease_expires_at = NULL
+    WHERE t.task_id = %(task_id)s AND t.status = 'running' AND t.claim_id = %(claim_id)s
+    RETURNING t.task_id),
+picked AS (
+    SELECT q.task_id FROM task_queue q WHERE q.task_type = %(task_type)s
+    ORDER BY q.priority DESC, q.task_id LIMIT 1 FOR UPDATE SKIP LOCKED),
+dequeued AS (
+    DELETE FROM task_queue d USING picked p WHERE d.task_id = p.task_id RETURNING d.task_id, d.priority),
+claimed AS (
+    UPDATE tasks t
+    SET status = 'running', priority = d.priority, pool = %(pool)s, attempts = t.attempts + 1,
+        claim_id = nextval('eqflow_claim_seq'), lease_expires_at = now() + interval '1 hour', started_at = now()
+    FROM dequeued d WHERE t.task_id = d.task_id
+    RETURNING t.task_id, t.claim_id)
+-- One row: how many it reported (0 or 1), then the claimed task's id and claim id (NULL: none queued).
+SELECT (SELECT count(*) FROM reported), c.task_id, c.claim_id FROM (SELECT) AS one LEFT JOIN claimed c ON true;

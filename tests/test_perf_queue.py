@@ -401,3 +401,30 @@ def test_service_benchmark_pairs_local_and_service_in_alternating_rounds(db_url)
     assert len(figures["latency_p50_service_over_local"]) == 2
     assert all(p > 0 for p in figures["latency_p50_ms"]["service"])
     assert figures["one_process"]["service"] > 0 and figures["service_processes"] == 2
+
+
+def test_the_ceiling_ladders_data_path_reports_the_held_task_and_claims_the_next(queue, db_url):
+    """benchmarks/commit_ceiling.py's least-work statement does what a batch-1 worker's does:
+    reports the task it holds (only with its claim id) and claims the highest-priority next one."""
+    import psycopg
+
+    from eqflow.db.sqlfiles import query
+
+    futs = queue.submit_many("exp", 5, ["a", "b", "c"], priority=[1, 9, 5])
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(query("ladder_quiet_session"))
+        step = query("ladder_report_and_claim")
+
+        def call(task_id, claim_id):
+            return conn.execute(step, {"task_id": task_id, "claim_id": claim_id, "result": "r",
+                                       "task_type": 5, "pool": "ladder"}).fetchone()
+
+        reported, b_id, b_claim = call(None, None)
+        assert (reported, b_id) == (0, futs[1].task_id)
+        reported, c_id, c_claim = call(b_id, b_claim + 1)  # not its claim: not reported
+        assert (reported, c_id) == (0, futs[2].task_id)
+        reported, a_id, _ = call(b_id, b_claim)
+        assert (reported, a_id) == (1, futs[0].task_id)
+        assert call(c_id, c_claim) == (1, None, None)  # reported; nothing left to claim
+    rows = sql(db_url, "SELECT payload, status, result FROM tasks ORDER BY payload")
+    assert rows == [("a", "running", None), ("b", "complete", "r"), ("c", "complete", "r")]

@@ -36,7 +36,7 @@ def test_every_named_query_prepares(db_url):
             if body.split()[0].upper() in ("CREATE", "DROP", "TRUNCATE", "VACUUM", "ANALYZE", "ALTER"):
                 continue  # utility statements cannot be prepared; migrate, embedded and bench run them
             if name.startswith("peer_"):
-                continue  # sql/bench.sql: on EQ-SQL's and PgQueuer's own tables (eqflow bench peers)
+                continue  # sql/bench.sql: on the peers' own tables (EQ-SQL, PgQueuer, pgbench)
             conn.execute("BEGIN")
             try:
                 # PREPARE checks names and types without running anything.

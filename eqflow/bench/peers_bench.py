@@ -34,7 +34,8 @@ import shutil
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import resources
 from typing import Any
 
@@ -63,23 +64,35 @@ def have(package: str) -> bool:
 
 
 # -- the commit ceiling ------------------------------------------------------------------------
+@contextmanager
+def pgbench_database(base: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A fresh ``eqflow_bench_pgbench`` database, initialized by ``pgbench -i`` (scale 1), dropped
+    on the way out: its URL and the environment pgbench needs to reach it."""
+    exe = shutil.which("pgbench")
+    if exe is None:
+        raise FileNotFoundError("pgbench is not on PATH (Debian: postgresql-contrib or postgresql)")
+    _admin(base, "bench_drop_pgbench_database", "bench_create_pgbench_database")
+    url = _with_db(base, "eqflow_bench_pgbench")
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    env = {**os.environ, "PGPASSWORD": str(info.get("password", "")), "PGHOST": str(info.get("host", "")),
+           "PGPORT": str(info.get("port", 5432)), "PGUSER": str(info.get("user", "")),
+           "PGDATABASE": "eqflow_bench_pgbench"}
+    try:
+        subprocess.run([exe, "-i", "-q", "-s", "1"], env=env, capture_output=True, check=True)
+        yield url, env
+    finally:
+        _admin(base, "bench_drop_pgbench_database")
+
+
 def pgbench_tps(base: str, clients: int, seconds: float = 5.0) -> float | None:
     """pgbench -N (simple update, one commit per transaction) with ``clients`` clients: the
     commits per second this server does, at best one task each. None without pgbench."""
     exe = shutil.which("pgbench")
     if exe is None:
         return None
-    _admin(base, "bench_drop_pgbench_database", "bench_create_pgbench_database")
-    info = psycopg.conninfo.conninfo_to_dict(_with_db(base, "eqflow_bench_pgbench"))
-    env = {**os.environ, "PGPASSWORD": str(info.get("password", "")), "PGHOST": str(info.get("host", "")),
-           "PGPORT": str(info.get("port", 5432)), "PGUSER": str(info.get("user", "")),
-           "PGDATABASE": "eqflow_bench_pgbench"}
-    try:
-        subprocess.run([exe, "-i", "-q", "-s", "1"], env=env, capture_output=True, check=True)
+    with pgbench_database(base) as (_, env):
         out = subprocess.run([exe, "-N", "-n", "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 1)),
                               "-T", str(int(seconds))], env=env, capture_output=True, text=True, check=True).stdout
-    finally:
-        _admin(base, "bench_drop_pgbench_database")
     found = re.search(r"tps = ([\d.]+)", out)
     return float(found.group(1)) if found else None
 
