@@ -16,10 +16,16 @@ from eqflow.errors import InvalidInput, TaskCanceled, TaskFailed
 from eqflow.models import FINAL_STATES, TaskStatus
 from eqflow.notify import done_ids
 
-# While completions stream in, a watch looks them up at most this often: a batch-1 pool
-# finishing 1,000 tasks/s would otherwise cost one query (and one wake-up of the ME) per task.
-# A completion after a quiet spell (no look-up found any within GATHER_S) is looked up at once.
+# While completions stream in, a watch gathers them for a while before it looks them up: a
+# batch-1 pool finishing 1,000 tasks/s would otherwise cost one query (and a wake-up of the ME's
+# thread) for every task or two, and that look-up was a third of the machine's CPU per task in
+# `benchmarks/commit_ceiling.py`'s end to end. The window after a look-up is GATHER_S for each
+# task it found, up to GATHER_MAX_S: it grows while each look-up finds more (faster than about
+# one task per GATHER_S) and shrinks back to GATHER_S when completions thin out. A completion
+# after a quiet spell (none within the window), or one that leaves nothing pending unheard of,
+# is looked up at once.
 GATHER_S = 0.002
+GATHER_MAX_S = 0.010
 
 if TYPE_CHECKING:
     from eqflow.queue import LocalTaskQueue
@@ -192,6 +198,7 @@ class LocalCompletionWatch:
         self.inbox = queue._listener.subscribe("eqflow_done", exp_ids)
         self.candidates: set[int] | None = None  # None: check everything pending
         self._found_at = 0.0  # monotonic time of the last look-up that found finished tasks
+        self._found_n = 0  # how many it found
 
     def finished(self, pending: dict[int, Future], timeout: float | None) -> list[tuple[Any, ...]]:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -202,6 +209,7 @@ class LocalCompletionWatch:
                 rows = self.queue._finished_among(check)
                 if rows:
                     self._found_at = time.monotonic()
+                    self._found_n = len(rows)
                     return rows
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -214,13 +222,16 @@ class LocalCompletionWatch:
                     self.queue.rescue_expired_if_due()
             else:
                 self.candidates = done_ids(payloads)
-                self._gather_more()
+                self._gather_more(pending)
 
-    def _gather_more(self) -> None:
-        """Right after a look-up that found some, wait out the rest of GATHER_S and take what
-        came meanwhile."""
-        gap = self._found_at + GATHER_S - time.monotonic()
-        if gap <= 0 or self.candidates is None:
+    def _gather_more(self, pending: dict[int, Future]) -> None:
+        """Soon after a look-up that found some, wait out the rest of its window (see GATHER_S)
+        and take what came meanwhile; not when every pending task is already heard of."""
+        if self.candidates is None:
+            return
+        gap = self._found_at + min(GATHER_MAX_S, GATHER_S * self._found_n) - time.monotonic()
+        if gap <= 0 or (len(pending) <= len(self.candidates)
+                        and sum(1 for t in self.candidates if t in pending) >= len(pending)):
             return
         time.sleep(gap)
         payloads, resync, woken = self.inbox.wait(0)

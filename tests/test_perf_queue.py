@@ -367,6 +367,7 @@ def test_streaming_completions_are_looked_up_together_and_a_lone_one_at_once(que
     from eqflow import futures as futures_module
 
     monkeypatch.setattr(futures_module, "GATHER_S", 1.0)
+    monkeypatch.setattr(futures_module, "GATHER_MAX_S", 1.0)
     looked_up: list[list[int]] = []
     finished_among = queue._finished_among
     monkeypatch.setattr(queue, "_finished_among", lambda ids: (looked_up.append(list(ids)), finished_among(ids))[1])
@@ -382,6 +383,55 @@ def test_streaming_completions_are_looked_up_together_and_a_lone_one_at_once(que
     threading.Timer(0.3, lambda: queue.report([(held[2], "3")])).start()
     assert sorted(f.result() for f in stream) == ["2", "3"]
     assert len(looked_up) == 1 and sorted(looked_up[0]) == sorted(t.task_id for t in held[1:])
+
+
+def test_the_gathering_window_grows_with_what_a_look_up_found_and_skips_a_last_task(queue, monkeypatch):
+    """After a look-up that found k tasks, a completion watch gathers for k * GATHER_S (capped
+    at GATHER_MAX_S) before it looks up the next; when every pending task is already heard of
+    it looks them up at once."""
+    import time
+
+    from eqflow import futures as futures_module
+
+    monkeypatch.setattr(futures_module, "GATHER_S", 0.25)
+    monkeypatch.setattr(futures_module, "GATHER_MAX_S", 10.0)
+    looked_up: list[tuple[float, list[int]]] = []
+    finished_among = queue._finished_among
+    monkeypatch.setattr(queue, "_finished_among",
+                        lambda ids: (looked_up.append((time.monotonic(), sorted(ids))), finished_among(ids))[1])
+    futs = queue.submit_many("grow", 62, [str(i) for i in range(7)])
+    held = queue.claim(62, n=7, pool="p")
+    pending = {f.task_id: f for f in futs}
+    watch = queue.watch_completions({"grow"})
+
+    def finished(timeout: float = 10.0) -> list[int]:
+        ids = sorted(row[0] for row in watch.finished(pending, timeout))
+        for task_id in ids:
+            del pending[task_id]
+        return ids
+
+    try:
+        queue.report([(held[0], "0")])  # settle the watch (its first check may be a full one)
+        assert finished() == [held[0].task_id]
+        time.sleep(0.3)
+        assert finished(0.3) == []  # nothing more: the window is over, the inbox is empty
+        queue.report([(t, t.payload) for t in held[1:4]])  # three at once: one look-up finds them
+        assert finished() == [t.task_id for t in held[1:4]]
+        found_at = looked_up[-1][0]
+        looked_up.clear()
+        queue.report([(held[4], "4")])
+        threading.Timer(0.3, lambda: queue.report([(held[5], "5")])).start()
+        assert finished() == [t.task_id for t in held[4:6]]
+        [(at, ids)] = looked_up  # one look-up for both, after the 3 * 0.25 s window
+        assert ids == [t.task_id for t in held[4:6]] and at - found_at >= 0.7
+        # The window is 2 * 0.25 s now, but the last pending task needs no company: at once.
+        looked_up.clear()
+        t0 = time.monotonic()
+        queue.report([(held[6], "6")])
+        assert finished() == [held[6].task_id] and time.monotonic() - t0 < 0.45
+        assert len(looked_up) == 1
+    finally:
+        watch.close()
 
 
 def test_service_benchmark_pairs_local_and_service_in_alternating_rounds(db_url):
