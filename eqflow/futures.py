@@ -18,8 +18,9 @@ from eqflow.notify import done_ids
 
 # While completions stream in, a watch gathers them for a while before it looks them up: a
 # batch-1 pool finishing 1,000 tasks/s would otherwise cost one query (and a wake-up of the ME's
-# thread) for every task or two, and that look-up was a third of the machine's CPU per task in
-# `benchmarks/commit_ceiling.py`'s end to end. The window after a look-up is GATHER_S for each
+# thread) for every task or two; the ME's side of each completion is the largest step of
+# `benchmarks/commit_ceiling.py` between the worker API and the end to end. The window after a
+# look-up is GATHER_S for each
 # task it found, up to GATHER_MAX_S: it grows while each look-up finds more (faster than about
 # one task per GATHER_S) and shrinks back to GATHER_S when completions thin out. A completion
 # after a quiet spell (none within the window), or one that leaves nothing pending unheard of,

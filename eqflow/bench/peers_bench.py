@@ -70,7 +70,7 @@ def pgbench_database(base: str) -> Iterator[tuple[str, dict[str, str]]]:
     on the way out: its URL and the environment pgbench needs to reach it."""
     exe = shutil.which("pgbench")
     if exe is None:
-        raise FileNotFoundError("pgbench is not on PATH (Debian: postgresql-contrib or postgresql)")
+        raise FileNotFoundError("pgbench is not on PATH (Debian ships it in the postgresql package)")
     _admin(base, "bench_drop_pgbench_database", "bench_create_pgbench_database")
     url = _with_db(base, "eqflow_bench_pgbench")
     info = psycopg.conninfo.conninfo_to_dict(url)
