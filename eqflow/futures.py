@@ -20,11 +20,10 @@ from eqflow.notify import done_ids
 # batch-1 pool finishing 1,000 tasks/s would otherwise cost one query (and a wake-up of the ME's
 # thread) for every task or two; the ME's side of each completion is the largest step of
 # `benchmarks/commit_ceiling.py` between the worker API and the end to end. The window after a
-# look-up is GATHER_S for each
-# task it found, up to GATHER_MAX_S: it grows while each look-up finds more (faster than about
-# one task per GATHER_S) and shrinks back to GATHER_S when completions thin out. A completion
-# after a quiet spell (none within the window), or one that leaves nothing pending unheard of,
-# is looked up at once.
+# look-up is GATHER_S for each task it found, up to GATHER_MAX_S: it grows while each look-up
+# finds more (faster than about one task per GATHER_S) and shrinks back to GATHER_S when
+# completions thin out. A completion after a quiet spell (none within the window), or one that
+# leaves nothing pending unheard of, is looked up at once.
 GATHER_S = 0.002
 GATHER_MAX_S = 0.010
 
