@@ -33,8 +33,6 @@ import argparse
 import multiprocessing as mp
 import os
 import random
-import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +41,7 @@ import psutil
 import psycopg
 from cpu_split import measure  # beside this script: end to end with its CPU split
 
-from eqflow.bench.peers_bench import pgbench_database
+from eqflow.bench.peers_bench import pgbench_database, run_pgbench
 from eqflow.bench.queue_bench import bench_database
 from eqflow.db.resolve import resolve_url
 from eqflow.db.sqlfiles import query
@@ -159,11 +157,8 @@ def _clients(kind: str, url: str, clients: int, seconds: float) -> tuple[float, 
 
 
 def _pgbench(env: dict[str, str], clients: int, seconds: float) -> tuple[float, float]:
-    exe = shutil.which("pgbench")
-    assert exe is not None  # pgbench_database found it
     cpu0 = _busy_cpu_s()
-    out = subprocess.run([exe, "-N", "-n", "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 1)),
-                          "-T", str(int(seconds))], env=env, capture_output=True, text=True, check=True).stdout
+    out = run_pgbench(env, clients, seconds)
     cpu = _busy_cpu_s() - cpu0
     done = int(next(line for line in out.splitlines() if "transactions actually processed" in line).split()[-1])
     return done / seconds, 1e6 * cpu / max(done, 1)

@@ -64,13 +64,18 @@ def have(package: str) -> bool:
 
 
 # -- the commit ceiling ------------------------------------------------------------------------
+def _pgbench_exe() -> str:
+    exe = shutil.which("pgbench")
+    if exe is None:
+        raise FileNotFoundError("pgbench is not on PATH (Debian ships it in the postgresql package)")
+    return exe
+
+
 @contextmanager
 def pgbench_database(base: str) -> Iterator[tuple[str, dict[str, str]]]:
     """A fresh ``eqflow_bench_pgbench`` database, initialized by ``pgbench -i`` (scale 1), dropped
     on the way out: its URL and the environment pgbench needs to reach it."""
-    exe = shutil.which("pgbench")
-    if exe is None:
-        raise FileNotFoundError("pgbench is not on PATH (Debian ships it in the postgresql package)")
+    exe = _pgbench_exe()
     _admin(base, "bench_drop_pgbench_database", "bench_create_pgbench_database")
     url = _with_db(base, "eqflow_bench_pgbench")
     info = psycopg.conninfo.conninfo_to_dict(url)
@@ -84,15 +89,20 @@ def pgbench_database(base: str) -> Iterator[tuple[str, dict[str, str]]]:
         _admin(base, "bench_drop_pgbench_database")
 
 
+def run_pgbench(env: dict[str, str], clients: int, seconds: float) -> str:
+    """pgbench -N (simple update, one commit per transaction) with ``clients`` clients on the
+    database of ``pgbench_database``; its report."""
+    return subprocess.run([_pgbench_exe(), "-N", "-n", "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 1)),
+                           "-T", str(int(seconds))], env=env, capture_output=True, text=True, check=True).stdout
+
+
 def pgbench_tps(base: str, clients: int, seconds: float = 5.0) -> float | None:
-    """pgbench -N (simple update, one commit per transaction) with ``clients`` clients: the
-    commits per second this server does, at best one task each. None without pgbench."""
-    exe = shutil.which("pgbench")
-    if exe is None:
+    """The commits per second pgbench -N reaches with ``clients`` clients, at best one task each.
+    None without pgbench."""
+    if shutil.which("pgbench") is None:
         return None
     with pgbench_database(base) as (_, env):
-        out = subprocess.run([exe, "-N", "-n", "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 1)),
-                              "-T", str(int(seconds))], env=env, capture_output=True, text=True, check=True).stdout
+        out = run_pgbench(env, clients, seconds)
     found = re.search(r"tps = ([\d.]+)", out)
     return float(found.group(1)) if found else None
 
